@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# One-shot, idempotent set-up of everything deepkrylov needs on a Debian machine:
+# system OpenMPI + PETSc 3.18, a virtual environment in .venv, torch 2.13.0 (CPU),
+# mpi4py and petsc4py built against the system MPI/PETSc, and deepkrylov in editable mode.
+# A second run checks stamps and rebuilds nothing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+VENV=${DEEPKRYLOV_VENV:-$ROOT/.venv}
+PY=${PYTHON:-python3}
+export PETSC_DIR=${PETSC_DIR:-/usr/lib/petscdir/petsc3.18/x86_64-linux-gnu-real}
+export PETSC_ARCH=
+log() { printf '[setup] %s\n' "$*"; }
+
+# 1. System packages (Debian). Skipped where apt is absent: the core still installs, PETSc tests skip.
+APT_PKGS="openmpi-bin libopenmpi-dev libpetsc-real3.18-dev libblas-dev liblapack-dev pkg-config"
+if command -v dpkg-query >/dev/null 2>&1; then
+  missing=""
+  for p in $APT_PKGS; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
+  done
+  if [ -n "$missing" ]; then
+    log "installing Debian packages:$missing"
+    SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends $missing
+  fi
+else
+  log "no dpkg: skipping system packages (PETSc features will be unavailable)"
+fi
+
+# 2. Virtual environment.
+if [ ! -x "$VENV/bin/python" ]; then
+  log "creating $VENV"
+  "$PY" -m venv "$VENV"
+fi
+VPY="$VENV/bin/python"
+pipi() { "$VPY" -m pip install -q --disable-pip-version-check "$@"; }
+stamp_ok() { [ -f "$VENV/.stamp-$1" ] && [ "$(cat "$VENV/.stamp-$1")" = "$2" ]; }
+stamp_set() { echo "$2" > "$VENV/.stamp-$1"; }
+
+# 3. Python dependencies (torch pinned to the CPU build that lies on disk).
+DEPS="torch==2.13.0 numpy scipy h5py tqdm matplotlib pytest pytest-timeout setuptools wheel cython<3.1"
+if ! stamp_ok deps "$DEPS"; then
+  log "installing Python dependencies"
+  pipi $DEPS
+  stamp_set deps "$DEPS"
+fi
+
+# 4. mpi4py against the system MPI.
+if command -v mpicc >/dev/null 2>&1; then
+  if ! stamp_ok mpi4py "$(mpicc --showme:version 2>&1 | head -1)"; then
+    log "building mpi4py against $(command -v mpicc)"
+    pipi --no-binary mpi4py "mpi4py>=3.1,<5"
+    stamp_set mpi4py "$(mpicc --showme:version 2>&1 | head -1)"
+  fi
+else
+  log "no mpicc: installing mpi4py wheel"
+  stamp_ok mpi4py wheel || { pipi "mpi4py>=3.1,<5"; stamp_set mpi4py wheel; }
+fi
+
+# 5. petsc4py against the system PETSc.
+if [ -d "$PETSC_DIR/include" ]; then
+  if ! stamp_ok petsc4py "3.18.5 $PETSC_DIR"; then
+    log "building petsc4py 3.18.5 against $PETSC_DIR (a few minutes, once)"
+    pipi --no-build-isolation "petsc4py==3.18.5"
+    stamp_set petsc4py "3.18.5 $PETSC_DIR"
+  fi
+else
+  log "PETSc not found at $PETSC_DIR: petsc4py skipped (PETSc tests will be skipped)"
+fi
+
+# 6. deepkrylov itself, editable.
+if ! stamp_ok self "$(sha1sum pyproject.toml | cut -c1-40)"; then
+  log "installing deepkrylov (editable)"
+  pipi --no-deps --no-build-isolation -e .
+  stamp_set self "$(sha1sum pyproject.toml | cut -c1-40)"
+fi
+log "ready: $VENV"
