@@ -40,7 +40,7 @@ stamp_ok() { [ -f "$VENV/.stamp-$1" ] && [ "$(cat "$VENV/.stamp-$1")" = "$2" ]; 
 stamp_set() { echo "$2" > "$VENV/.stamp-$1"; }
 
 # 3. Python dependencies (torch pinned to the CPU build that lies on disk).
-DEPS="torch==2.13.0 numpy scipy h5py tqdm matplotlib pytest pytest-timeout setuptools wheel cython<3.1"
+DEPS="torch==2.13.0 numpy<2 scipy h5py tqdm matplotlib pytest pytest-timeout setuptools wheel"
 if ! stamp_ok deps "$DEPS"; then
   log "installing Python dependencies"
   pipi $DEPS
@@ -63,7 +63,14 @@ fi
 if [ -d "$PETSC_DIR/include" ]; then
   if ! stamp_ok petsc4py "3.18.5 $PETSC_DIR"; then
     log "building petsc4py 3.18.5 against $PETSC_DIR (a few minutes, once)"
-    pipi --no-build-isolation "petsc4py==3.18.5"
+    # petsc4py 3.18's build hooks predate setuptools 70, while torch needs a newer one: build the wheel in a
+    # separate build environment, then install it here.
+    BVENV="$VENV/.petsc4py-build"
+    [ -x "$BVENV/bin/python" ] || "$PY" -m venv "$BVENV"
+    "$BVENV/bin/python" -m pip install -q --disable-pip-version-check "setuptools<70" wheel "cython<3.1" "numpy<2"
+    "$BVENV/bin/python" -m pip wheel -q --disable-pip-version-check --no-deps --no-build-isolation \
+        -w "$VENV/wheels" "petsc4py==3.18.5"
+    pipi --no-deps "$VENV"/wheels/petsc4py-3.18.5-*.whl
     stamp_set petsc4py "3.18.5 $PETSC_DIR"
   fi
 else

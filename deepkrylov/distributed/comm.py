@@ -1,0 +1,265 @@
+"""Communicators: one small interface over mpi4py, torch.distributed, and a single process.
+
+Everything above this module talks to a :class:`Comm` only: point-to-point exchange of tensors
+(``sendrecv``), a sum all-reduce, object collectives for metadata, and ``abort``. That is all halo
+exchange and global reductions need, and it keeps mpi4py and torch.distributed interchangeable.
+"""
+
+from __future__ import annotations
+
+import abc
+import sys
+import traceback
+from typing import Any, Optional
+
+import torch
+
+__all__ = ["Comm", "SelfComm", "MPIComm", "TorchComm"]
+
+
+class Comm(abc.ABC):
+    """A group of processes that exchange tensors.
+
+    ``rank`` is this process's index in ``[0, size)``. Peers passed as ``None`` mean "nobody" (like
+    ``MPI.PROC_NULL``): the matching send or receive is skipped.
+    """
+
+    rank: int
+    size: int
+    name: str = "comm"
+
+    @abc.abstractmethod
+    def sendrecv(
+        self, send: Optional[torch.Tensor], dest: Optional[int], recv: Optional[torch.Tensor], source: Optional[int]
+    ) -> None:
+        """Send ``send`` to ``dest`` while receiving into ``recv`` from ``source``; both contiguous."""
+
+    @abc.abstractmethod
+    def allreduce_(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Sum ``tensor`` over all ranks, in place; returns it."""
+
+    @abc.abstractmethod
+    def allgather_object(self, obj: Any) -> list:
+        """The list of ``obj`` from every rank, in rank order."""
+
+    @abc.abstractmethod
+    def bcast_object(self, obj: Any, root: int = 0) -> Any:
+        """``obj`` from ``root`` on every rank."""
+
+    @abc.abstractmethod
+    def barrier(self) -> None:
+        """Wait until every rank arrives."""
+
+    @abc.abstractmethod
+    def abort(self, message: str = "", code: int = 1) -> None:
+        """End every process of the job at once, after writing ``message`` to stderr."""
+
+    def identity(self) -> tuple:
+        """Two communicators with equal identities connect the same processes in the same order."""
+        return (self.name, self.size)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(rank={self.rank}, size={self.size})"
+
+
+class SelfComm(Comm):
+    """The one-process communicator: exchanges are local copies, reductions are the identity."""
+
+    name = "self"
+
+    def __init__(self) -> None:
+        self.rank = 0
+        self.size = 1
+
+    def sendrecv(self, send, dest, recv, source) -> None:
+        if (dest is None) != (source is None):
+            raise RuntimeError("SelfComm.sendrecv: a send without a matching receive would never complete")
+        if dest is not None:
+            if dest != 0 or source != 0:
+                raise ValueError(f"SelfComm has only rank 0, got dest={dest}, source={source}")
+            recv.copy_(send)
+
+    def allreduce_(self, tensor: torch.Tensor) -> torch.Tensor:
+        return tensor
+
+    def allgather_object(self, obj: Any) -> list:
+        return [obj]
+
+    def bcast_object(self, obj: Any, root: int = 0) -> Any:
+        return obj
+
+    def barrier(self) -> None:
+        return None
+
+    def abort(self, message: str = "", code: int = 1) -> None:
+        if message:
+            sys.stderr.write(message.rstrip() + "\n")
+            sys.stderr.flush()
+        raise SystemExit(code)
+
+
+def _mpi_buffer(t: torch.Tensor, cuda_aware: bool) -> Any:
+    """A buffer mpi4py can use without a copy: a NumPy view on CPU, the tensor itself on CUDA-aware MPI."""
+    if t.device.type == "cpu":
+        return t.numpy()
+    if cuda_aware:
+        return t  # mpi4py reads __cuda_array_interface__
+    raise RuntimeError("MPIComm got a device tensor but the MPI library is not CUDA-aware")
+
+
+class MPIComm(Comm):
+    """mpi4py communicator. Device tensors are staged through host memory unless MPI is CUDA-aware."""
+
+    name = "mpi"
+
+    def __init__(self, mpi_comm: Any = None) -> None:
+        from mpi4py import MPI
+
+        self._MPI = MPI
+        self.mpi_comm = MPI.COMM_WORLD if mpi_comm is None else mpi_comm
+        self.rank = self.mpi_comm.Get_rank()
+        self.size = self.mpi_comm.Get_size()
+        self.cuda_aware = _mpi_is_cuda_aware()
+
+    def _stage(self, t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+        if t is None or t.device.type == "cpu" or self.cuda_aware:
+            return t
+        return t.cpu()
+
+    def sendrecv(self, send, dest, recv, source) -> None:
+        MPI = self._MPI
+        if send is not None and send.is_cuda:
+            torch.cuda.current_stream(send.device).synchronize()
+        s = self._stage(send) if dest is not None else None
+        r = self._stage(recv) if source is not None else None
+        sbuf = _mpi_buffer(s, self.cuda_aware) if s is not None else None
+        rbuf = _mpi_buffer(r, self.cuda_aware) if r is not None else None
+        self.mpi_comm.Sendrecv(
+            sbuf if sbuf is not None else [None, 0, MPI.BYTE],
+            dest if dest is not None else MPI.PROC_NULL,
+            0,
+            rbuf if rbuf is not None else [None, 0, MPI.BYTE],
+            source if source is not None else MPI.PROC_NULL,
+            0,
+        )
+        if r is not None and r is not recv:
+            recv.copy_(r)
+
+    def identity(self) -> tuple:
+        return (self.name, self.size, self.mpi_comm.py2f())
+
+    def allreduce_(self, tensor: torch.Tensor) -> torch.Tensor:
+        if self.size == 1:
+            return tensor
+        if tensor.is_cuda:
+            torch.cuda.current_stream(tensor.device).synchronize()
+        staged = self._stage(tensor.contiguous())
+        self.mpi_comm.Allreduce(self._MPI.IN_PLACE, _mpi_buffer(staged, self.cuda_aware), op=self._MPI.SUM)
+        if staged is not tensor:
+            tensor.copy_(staged)
+        return tensor
+
+    def allgather_object(self, obj: Any) -> list:
+        return self.mpi_comm.allgather(obj)
+
+    def bcast_object(self, obj: Any, root: int = 0) -> Any:
+        return self.mpi_comm.bcast(obj, root=root)
+
+    def barrier(self) -> None:
+        self.mpi_comm.Barrier()
+
+    def abort(self, message: str = "", code: int = 1) -> None:
+        if message:
+            sys.stderr.write(message.rstrip() + "\n")
+            sys.stderr.flush()
+        self.mpi_comm.Abort(code)
+
+
+class TorchComm(Comm):
+    """torch.distributed communicator (gloo on CPU, NCCL on CUDA) over the default process group."""
+
+    name = "torch"
+
+    def __init__(self, abort_comm: Optional[Comm] = None) -> None:
+        import torch.distributed as dist
+
+        if not dist.is_initialized():
+            raise RuntimeError(
+                "TorchComm needs torch.distributed to be initialised; use deepkrylov.distributed.init(backend='torch')"
+            )
+        self._dist = dist
+        self.rank = dist.get_rank()
+        self.size = dist.get_world_size()
+        self.backend = dist.get_backend()
+        self._abort_comm = abort_comm
+
+    def sendrecv(self, send, dest, recv, source) -> None:
+        dist = self._dist
+        ops = []
+        if dest is not None:
+            ops.append(dist.P2POp(dist.isend, send, dest))
+        if source is not None:
+            ops.append(dist.P2POp(dist.irecv, recv, source))
+        if ops:
+            for req in dist.batch_isend_irecv(ops):
+                req.wait()
+
+    def allreduce_(self, tensor: torch.Tensor) -> torch.Tensor:
+        if self.size > 1:
+            self._dist.all_reduce(tensor, op=self._dist.ReduceOp.SUM)
+        return tensor
+
+    def allgather_object(self, obj: Any) -> list:
+        out: list = [None] * self.size
+        self._dist.all_gather_object(out, obj)
+        return out
+
+    def bcast_object(self, obj: Any, root: int = 0) -> Any:
+        box = [obj]
+        self._dist.broadcast_object_list(box, src=root)
+        return box[0]
+
+    def barrier(self) -> None:
+        self._dist.barrier()
+
+    def abort(self, message: str = "", code: int = 1) -> None:
+        if self._abort_comm is not None:
+            self._abort_comm.abort(message, code)
+        if message:
+            sys.stderr.write(message.rstrip() + "\n")
+            sys.stderr.flush()
+        import os
+
+        os._exit(code)  # torchrun's agent then stops the other workers
+
+
+def _mpi_is_cuda_aware() -> bool:
+    try:
+        from mpi4py import MPI
+
+        vendor = MPI.get_vendor()[0]
+        if vendor == "Open MPI":
+            import ctypes
+
+            lib = ctypes.CDLL(None)
+            fn = getattr(lib, "MPIX_Query_cuda_support", None)
+            return bool(fn()) if fn is not None else False
+    except Exception:  # noqa: BLE001 - any failure to query means "assume not"
+        return False
+    return False
+
+
+def install_abort_on_error(comm: Comm) -> None:
+    """Make an uncaught exception on any rank end the whole job with its traceback (no rank waits forever)."""
+    if comm.size <= 1:
+        return
+    previous = sys.excepthook
+
+    def hook(exc_type, exc, tb):  # type: ignore[no-untyped-def]
+        if issubclass(exc_type, KeyboardInterrupt):
+            previous(exc_type, exc, tb)
+            return
+        text = "".join(traceback.format_exception(exc_type, exc, tb))
+        comm.abort(f"[deepkrylov] rank {comm.rank}/{comm.size} failed; aborting the job:\n{text}", 1)
+
+    sys.excepthook = hook

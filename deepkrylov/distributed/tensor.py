@@ -1,0 +1,254 @@
+"""``GridTensor``: a field split over a :class:`ProcessGrid`, one block per rank.
+
+The local block is an ordinary ``torch.Tensor`` of shape ``(batch, channels, *local_spatial)``; pointwise
+arithmetic is local, and everything that needs other ranks (halos, reductions, gather) goes through the grid's
+communicator. Reductions return values that are replicated on every rank; their backward assumes, as serial code
+does, that every rank goes on to compute the same function of them, so gradients equal the serial ones.
+"""
+
+from __future__ import annotations
+
+import numbers
+from typing import Any, Callable, Optional, Sequence, Union
+
+import torch
+
+from .grid import ProcessGrid
+from .halo import halo as _halo
+
+__all__ = ["GridTensor"]
+
+
+class _AllReduceSum(torch.autograd.Function):
+    """Sum over ranks; the result is one replicated value, so its gradient passes through unchanged."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, comm) -> torch.Tensor:  # type: ignore[no-untyped-def, override]
+        return comm.allreduce_(x.clone())
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor):  # type: ignore[override]
+        return g, None
+
+
+class _GatherAll(torch.autograd.Function):
+    """Every rank gets the whole tensor; each block's gradient is its slice of the (replicated) gradient."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, grid: ProcessGrid) -> torch.Tensor:  # type: ignore[override]
+        full = x.new_zeros(tuple(x.shape[:2]) + grid.global_shape)
+        full[(slice(None), slice(None)) + grid.local_slices] = x
+        ctx.grid = grid
+        return grid.comm.allreduce_(full)
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor):  # type: ignore[override]
+        return g[(slice(None), slice(None)) + ctx.grid.local_slices], None
+
+
+Scalar = Union[numbers.Number, torch.Tensor]
+
+
+class GridTensor:
+    """A distributed field: ``local`` is this rank's block ``(batch, channels, *local_spatial)`` of ``grid``."""
+
+    __slots__ = ("local", "grid")
+
+    def __init__(self, local: torch.Tensor, grid: ProcessGrid) -> None:
+        if not isinstance(local, torch.Tensor):
+            raise TypeError(f"local must be a torch.Tensor, but got {type(local).__name__}")
+        if not isinstance(grid, ProcessGrid):
+            raise TypeError(f"grid must be a ProcessGrid, but got {type(grid).__name__}")
+        if local.dim() != 2 + grid.ndim or tuple(local.shape[2:]) != grid.local_shape:
+            raise ValueError(
+                f"local block must have shape (batch, channels, *{grid.local_shape}) on rank {grid.rank}, "
+                f"but got {tuple(local.shape)}"
+            )
+        self.local = local
+        self.grid = grid
+
+    # ---- construction ---------------------------------------------------------------------------------------
+    @classmethod
+    def from_global(cls, tensor: torch.Tensor, grid: ProcessGrid) -> "GridTensor":
+        """Take this rank's block of a whole tensor ``(batch, channels, *global_shape)`` present on every rank."""
+        if tensor.dim() != 2 + grid.ndim or tuple(tensor.shape[2:]) != grid.global_shape:
+            raise ValueError(
+                f"tensor must have shape (batch, channels, *{grid.global_shape}) to match the grid, "
+                f"but got {tuple(tensor.shape)}"
+            )
+        return cls(tensor[(slice(None), slice(None)) + grid.local_slices], grid)
+
+    @classmethod
+    def scatter(cls, tensor: Optional[torch.Tensor], grid: ProcessGrid, root: int = 0) -> "GridTensor":
+        """Distribute a whole tensor held on ``root`` only (``None`` elsewhere)."""
+        comm = grid.comm
+        meta = None
+        if comm.rank == root:
+            if tensor is None or tuple(tensor.shape[2:]) != grid.global_shape or tensor.dim() != 2 + grid.ndim:
+                got = None if tensor is None else tuple(tensor.shape)
+                meta = ("error", f"scatter: root tensor must have shape (batch, channels, *{grid.global_shape}), got {got}")
+            else:
+                meta = ("ok", tuple(tensor.shape), tensor.dtype, str(tensor.device))
+        meta = comm.bcast_object(meta, root=root)
+        if meta[0] == "error":
+            raise ValueError(meta[1])
+        _, shape, dtype, device = meta
+        full = tensor.detach().clone() if comm.rank == root else torch.zeros(shape, dtype=dtype, device=device)
+        comm.allreduce_(full)
+        return cls.from_global(full, grid)
+
+    @classmethod
+    def zeros(
+        cls, grid: ProcessGrid, batch: int = 1, channels: int = 1, *, dtype: Optional[torch.dtype] = None,
+        device: Union[str, torch.device, None] = None,
+    ) -> "GridTensor":
+        return cls(torch.zeros((batch, channels) + grid.local_shape, dtype=dtype, device=device), grid)
+
+    # ---- metadata -------------------------------------------------------------------------------------------
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """Global shape ``(batch, channels, *global_spatial)``."""
+        return tuple(self.local.shape[:2]) + self.grid.global_shape
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.local.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.local.device
+
+    @property
+    def requires_grad(self) -> bool:
+        return self.local.requires_grad
+
+    def requires_grad_(self, flag: bool = True) -> "GridTensor":
+        self.local.requires_grad_(flag)
+        return self
+
+    @property
+    def grad(self) -> Optional["GridTensor"]:
+        g = self.local.grad
+        return None if g is None else GridTensor(g, self.grid)
+
+    def numel(self) -> int:
+        """Number of entries of the whole field."""
+        n = 1
+        for s in self.shape:
+            n *= s
+        return n
+
+    # ---- communication --------------------------------------------------------------------------------------
+    def halo(self, width: Union[int, Sequence] = 1, mode: str = "zeros") -> torch.Tensor:
+        """This block padded by ``width`` cells: neighbours' data inside, ``mode`` padding at the boundary."""
+        return _halo(self.local, self.grid, width, mode)
+
+    def _check_same(self, other: "GridTensor", what: str) -> None:
+        if not isinstance(other, GridTensor):
+            raise TypeError(f"{what} needs a GridTensor, but got {type(other).__name__}")
+        if other.grid != self.grid:
+            raise ValueError(f"{what}: mismatched grids {self.grid!r} and {other.grid!r}")
+
+    def _reduce(self, local: torch.Tensor, keep_batch: bool) -> torch.Tensor:
+        part = local.reshape(local.shape[0], -1).sum(1) if keep_batch else local.sum()
+        return _AllReduceSum.apply(part, self.grid.comm)
+
+    def dot(self, other: "GridTensor", keep_batch: bool = False) -> torch.Tensor:
+        """Global inner product (over channels and space, and batch unless ``keep_batch``)."""
+        self._check_same(other, "dot")
+        return self._reduce(self.local * other.local, keep_batch)
+
+    def sum(self, keep_batch: bool = False) -> torch.Tensor:
+        return self._reduce(self.local, keep_batch)
+
+    def norm(self, keep_batch: bool = False) -> torch.Tensor:
+        """Global Euclidean norm."""
+        return torch.sqrt(self._reduce(self.local * self.local, keep_batch))
+
+    def max_abs(self) -> torch.Tensor:
+        """Global maximum of ``|x|`` (not differentiable)."""
+        m = self.local.detach().abs().max() if self.local.numel() else self.local.new_zeros(())
+        values = self.grid.comm.allgather_object(float(m))
+        return torch.tensor(max(values), dtype=self.dtype)
+
+    def gather(self, root: Optional[int] = None) -> Optional[torch.Tensor]:
+        """The whole tensor: on every rank (``root=None``, differentiable) or on ``root`` only (None elsewhere)."""
+        if root is None:
+            return _GatherAll.apply(self.local, self.grid)
+        if not 0 <= root < self.grid.size:
+            raise ValueError(f"root must be a rank in [0, {self.grid.size}), but got {root}")
+        full = _GatherAll.apply(self.local.detach(), self.grid)
+        return full if self.grid.rank == root else None
+
+    # ---- pointwise arithmetic -------------------------------------------------------------------------------
+    def with_local(self, local: torch.Tensor) -> "GridTensor":
+        """A GridTensor on the same grid with another local block (e.g. ``x.with_local(torch.relu(x.local))``)."""
+        return GridTensor(local, self.grid)
+
+    def map(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> "GridTensor":
+        """Apply a pointwise function to the local block."""
+        return GridTensor(fn(self.local), self.grid)
+
+    def _operand(self, other: Any, what: str) -> Any:
+        if isinstance(other, GridTensor):
+            self._check_same(other, what)
+            return other.local
+        if isinstance(other, (numbers.Number, torch.Tensor)):
+            return other
+        return NotImplemented
+
+    def _binary(self, other: Any, fn: Callable, what: str) -> Any:
+        o = self._operand(other, what)
+        if o is NotImplemented:
+            return NotImplemented
+        return GridTensor(fn(self.local, o), self.grid)
+
+    def __add__(self, o): return self._binary(o, torch.add, "add")  # noqa: E704
+    def __radd__(self, o): return self._binary(o, lambda a, b: b + a, "add")  # noqa: E704
+    def __sub__(self, o): return self._binary(o, torch.sub, "sub")  # noqa: E704
+    def __rsub__(self, o): return self._binary(o, lambda a, b: b - a, "sub")  # noqa: E704
+    def __mul__(self, o): return self._binary(o, torch.mul, "mul")  # noqa: E704
+    def __rmul__(self, o): return self._binary(o, lambda a, b: b * a, "mul")  # noqa: E704
+    def __truediv__(self, o): return self._binary(o, torch.div, "div")  # noqa: E704
+    def __rtruediv__(self, o): return self._binary(o, lambda a, b: b / a, "div")  # noqa: E704
+    def __neg__(self): return GridTensor(-self.local, self.grid)  # noqa: E704
+
+    def add_(self, other: Any, alpha: Scalar = 1) -> "GridTensor":
+        """In-place ``self += alpha * other``."""
+        o = self._operand(other, "add_")
+        if isinstance(alpha, torch.Tensor):
+            self.local.add_(o * alpha)
+        else:
+            self.local.add_(o, alpha=alpha)
+        return self
+
+    def mul_(self, other: Any) -> "GridTensor":
+        self.local.mul_(self._operand(other, "mul_"))
+        return self
+
+    def copy_(self, other: "GridTensor") -> "GridTensor":
+        self._check_same(other, "copy_")
+        self.local.copy_(other.local)
+        return self
+
+    def zero_(self) -> "GridTensor":
+        self.local.zero_()
+        return self
+
+    def clone(self) -> "GridTensor":
+        return GridTensor(self.local.clone(), self.grid)
+
+    def detach(self) -> "GridTensor":
+        return GridTensor(self.local.detach(), self.grid)
+
+    def zeros_like(self) -> "GridTensor":
+        return GridTensor(torch.zeros_like(self.local), self.grid)
+
+    def to(self, *args: Any, **kwargs: Any) -> "GridTensor":
+        return GridTensor(self.local.to(*args, **kwargs), self.grid)
+
+    def __repr__(self) -> str:
+        return (
+            f"GridTensor(shape={self.shape}, local_shape={tuple(self.local.shape)}, rank={self.grid.rank}/"
+            f"{self.grid.size}, dtype={self.dtype}, device={self.device})"
+        )

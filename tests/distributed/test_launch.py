@@ -1,0 +1,41 @@
+"""The distributed suites on real MPI ranks (1, 2, 4), with both engines, and abort-on-error behaviour."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from tests.helpers import mpiexec_available, run_mpi, run_pytest_mpi
+
+pytestmark = pytest.mark.mpi
+SUITES = ["tests/distributed/test_halo.py", "tests/distributed/test_layers.py"]
+
+
+@pytest.mark.parametrize("backend", ["mpi", "torch"])
+@pytest.mark.parametrize("n", [1, 2, 4])
+def test_distributed_suite_on_ranks(n, backend):
+    for suite in SUITES:
+        run_pytest_mpi(n, suite, backend=backend)
+
+
+@pytest.mark.parametrize("backend", ["mpi", "torch"])
+def test_error_on_one_rank_ends_the_job(backend):
+    if not mpiexec_available():
+        pytest.skip("mpiexec or mpi4py is not installed")
+    script = (
+        "import time\n"
+        "from deepkrylov.distributed import init\n"
+        f"ctx = init(backend={backend!r})\n"
+        "if ctx.rank == 2:\n"
+        "    raise RuntimeError('rank two cannot go on: bad input file')\n"
+        "ctx.comm.barrier()\n"
+        "time.sleep(600)\n"
+    )
+    t0 = time.time()
+    res = run_mpi(4, ["-c", script], timeout=120)
+    elapsed = time.time() - t0
+    assert res.returncode != 0
+    assert "rank two cannot go on: bad input file" in res.stderr + res.stdout
+    assert "rank 2/4" in res.stderr + res.stdout
+    assert elapsed < 60, f"job took {elapsed:.1f}s to end"
