@@ -54,6 +54,24 @@ class Comm(abc.ABC):
     def abort(self, message: str = "", code: int = 1) -> None:
         """End every process of the job at once, after writing ``message`` to stderr."""
 
+    def exchange_regions(self, buf: torch.Tensor, messages: list, add: bool = False) -> None:
+        """For each ``(send_index, dest, recv_index, source)``: send ``buf[send_index]`` to ``dest`` while receiving
+        ``buf[recv_index]`` from ``source`` (or adding into it, with ``add``). Regions are packed as needed."""
+        for send_index, dest, recv_index, source in messages:
+            if dest is None and source is None:
+                continue
+            send, recv = buf[send_index], buf[recv_index]
+            if dest == self.rank and source == self.rank:
+                recv.add_(send) if add else recv.copy_(send)
+                continue
+            sbuf = send.contiguous() if dest is not None else None
+            rbuf = None
+            if source is not None:
+                rbuf = recv if (recv.is_contiguous() and not add) else torch.empty(recv.shape, dtype=recv.dtype, device=recv.device)
+            self.sendrecv(sbuf, dest, rbuf, source)
+            if rbuf is not None and rbuf is not recv:
+                recv.add_(rbuf) if add else recv.copy_(rbuf)
+
     def identity(self) -> tuple:
         """Two communicators with equal identities connect the same processes in the same order."""
         return (self.name, self.size)
@@ -98,6 +116,16 @@ class SelfComm(Comm):
         raise SystemExit(code)
 
 
+_MPI_TYPES = {
+    torch.float64: lambda MPI: MPI.DOUBLE,
+    torch.float32: lambda MPI: MPI.FLOAT,
+    torch.complex128: lambda MPI: MPI.C_DOUBLE_COMPLEX,
+    torch.complex64: lambda MPI: MPI.C_FLOAT_COMPLEX,
+    torch.int64: lambda MPI: MPI.INT64_T,
+    torch.int32: lambda MPI: MPI.INT32_T,
+}
+
+
 def _mpi_buffer(t: torch.Tensor, cuda_aware: bool) -> Any:
     """A buffer mpi4py can use without a copy: a NumPy view on CPU, the tensor itself on CUDA-aware MPI."""
     if t.device.type == "cpu":
@@ -120,6 +148,7 @@ class MPIComm(Comm):
         self.rank = self.mpi_comm.Get_rank()
         self.size = self.mpi_comm.Get_size()
         self.cuda_aware = _mpi_is_cuda_aware()
+        self._types: dict = {}
 
     def _stage(self, t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
         if t is None or t.device.type == "cpu" or self.cuda_aware:
@@ -147,6 +176,43 @@ class MPIComm(Comm):
 
     def identity(self) -> tuple:
         return (self.name, self.size, self.mpi_comm.py2f())
+
+    def _subarray(self, shape: tuple, dtype: torch.dtype, index: tuple) -> Any:
+        key = (shape, dtype, tuple((s.start, s.stop) for s in index))
+        t = self._types.get(key)
+        if t is None:
+            starts, subsizes = [], []
+            for n, sl in zip(shape, index):
+                a, b, _ = sl.indices(n)
+                starts.append(a)
+                subsizes.append(b - a)
+            t = _MPI_TYPES[dtype](self._MPI).Create_subarray(list(shape), subsizes, starts).Commit()
+            self._types[key] = t
+        return t
+
+    def exchange_regions(self, buf: torch.Tensor, messages: list, add: bool = False) -> None:
+        """Send regions straight from the buffer with MPI subarray datatypes (no packing copies in Python)."""
+        if add or buf.dtype not in _MPI_TYPES or not buf.is_contiguous() or (buf.is_cuda and not self.cuda_aware):
+            return super().exchange_regions(buf, messages, add)
+        MPI = self._MPI
+        if buf.is_cuda:
+            torch.cuda.current_stream(buf.device).synchronize()
+        arr = _mpi_buffer(buf, self.cuda_aware)
+        shape = tuple(buf.shape)
+        for send_index, dest, recv_index, source in messages:
+            if dest is None and source is None:
+                continue
+            if dest == self.rank and source == self.rank:
+                buf[recv_index].copy_(buf[send_index])
+                continue
+            self.mpi_comm.Sendrecv(
+                [arr, 1, self._subarray(shape, buf.dtype, send_index)] if dest is not None else [None, 0, MPI.BYTE],
+                dest if dest is not None else MPI.PROC_NULL,
+                0,
+                [arr, 1, self._subarray(shape, buf.dtype, recv_index)] if source is not None else [None, 0, MPI.BYTE],
+                source if source is not None else MPI.PROC_NULL,
+                0,
+            )
 
     def allreduce_(self, tensor: torch.Tensor) -> torch.Tensor:
         if self.size == 1:

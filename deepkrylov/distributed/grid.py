@@ -35,18 +35,15 @@ def _dims_2d(size: int, ny: int, nx: int) -> tuple[int, int]:
 
 
 def _dims_3d(size: int, nz: int, ny: int, nx: int) -> tuple[int, int, int]:
-    # PETSc DMSetUp_DA_3D, "squarish distribution" (M = nx, N = ny, P = nz).
+    # PETSc DMSetUp_DA_3D, "squarish distribution" (M = nx, N = ny, P = nz): y first, then x, then z.
     M, N, P = nx, ny, nz
-    m = int(0.5 + ((M * M) * size / (P * N)) ** (1.0 / 3.0)) or 1
-    n = p = 1
+    n = int(0.5 + ((N * N) * size / (P * M)) ** (1.0 / 3.0)) or 1
+    while n > 0 and size % n:
+        n -= 1
+    n = n or 1
+    m = int(0.5 + math.sqrt(M * size / (P * n))) or 1
+    p = 1
     while m > 0:
-        n = int(0.5 + math.sqrt(N * size / (P * m))) or 1
-        while n > 0:
-            pm = size // (m * n)
-            if m * n * pm == size:
-                break
-            n -= 1
-        n = n or 1
         p = size // (m * n)
         if m * n * p == size:
             break

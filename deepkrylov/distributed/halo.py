@@ -8,7 +8,8 @@ to the rank that owns the cell and is added there (DistDL's rule).
 
 from __future__ import annotations
 
-from typing import Optional, Sequence, Union
+import functools
+from typing import Sequence, Union
 
 import torch
 
@@ -79,20 +80,46 @@ def _slab(widths: Widths, local: Sequence[int], axis: int, along: slice) -> tupl
     return tuple(idx)
 
 
-def _sendrecv(comm, send: torch.Tensor, dest: Optional[int], recv: torch.Tensor, source: Optional[int], add: bool):  # type: ignore[no-untyped-def]
-    """Exchange views, packing as needed; ``add`` accumulates into ``recv`` instead of overwriting."""
-    if dest is None and source is None:
-        return
-    if dest == comm.rank and source == comm.rank:
-        recv.add_(send) if add else recv.copy_(send)
-        return
-    sbuf = send.contiguous() if dest is not None else None
-    rbuf = None
-    if source is not None:
-        rbuf = recv if (recv.is_contiguous() and not add) else torch.empty(recv.shape, dtype=recv.dtype, device=recv.device)
-    comm.sendrecv(sbuf, dest, rbuf, source)
-    if rbuf is not None and rbuf is not recv:
-        recv.add_(rbuf) if add else recv.copy_(rbuf)
+class _AxisPlan:
+    """What filling the ghosts along one axis takes: the messages, and the boundary fills."""
+
+    __slots__ = ("messages", "fills", "folds")
+
+    def __init__(self) -> None:
+        self.messages: list = []  # (send_index, dest, recv_index, source) for fill; swapped roles for fold
+        self.fills: list = []  # (ghost_index, kind, source_index, dim)
+        self.folds: list = []  # (ghost_index, kind, target_index, dim)
+
+
+@functools.lru_cache(maxsize=512)
+def _plan(grid: ProcessGrid, widths: Widths, mode: str) -> tuple[_AxisPlan, ...]:
+    _check(grid, widths, mode)
+    local = grid.local_shape
+    wrap = mode == "circular"
+    plans = []
+    for a, (lo, hi) in enumerate(widths):
+        plan = _AxisPlan()
+        plans.append(plan)
+        if lo == 0 and hi == 0:
+            continue
+        n, d = local[a], 2 + a
+        lo_nbr, hi_nbr = grid.neighbour(a, -1, wrap), grid.neighbour(a, +1, wrap)
+
+        def v(start: int, stop: int) -> tuple:
+            return _slab(widths, local, a, slice(start, stop))
+
+        if lo:  # my last `lo` cells -> upper neighbour's lower ghosts; mine come from below
+            plan.messages.append((v(n, n + lo), hi_nbr, v(0, lo), lo_nbr))
+        if hi:  # my first `hi` cells -> lower neighbour's upper ghosts; mine come from above
+            plan.messages.append((v(lo, lo + hi), lo_nbr, v(lo + n, lo + n + hi), hi_nbr))
+        if mode != "circular":
+            if lo and lo_nbr is None:
+                src = {"zeros": None, "replicate": v(lo, lo + 1), "reflect": v(lo + 1, lo + 1 + lo)}[mode]
+                plan.fills.append((v(0, lo), mode, src, d))
+            if hi and hi_nbr is None:
+                src = {"zeros": None, "replicate": v(lo + n - 1, lo + n), "reflect": v(lo + n - 1 - hi, lo + n - 1)}[mode]
+                plan.fills.append((v(lo + n, lo + n + hi), mode, src, d))
+    return tuple(plans)
 
 
 def fill_halo_(buf: torch.Tensor, grid: ProcessGrid, widths: Widths, mode: str = "zeros") -> torch.Tensor:
@@ -101,73 +128,33 @@ def fill_halo_(buf: torch.Tensor, grid: ProcessGrid, widths: Widths, mode: str =
     This is the in-place update (like PETSc's ``DMGlobalToLocal`` ghost update) that :func:`halo` uses; call it
     directly to reuse one buffer across iterations.
     """
-    _check(grid, widths, mode)
-    local = grid.local_shape
-    wrap = mode == "circular"
     comm = grid.comm
-    for a, (lo, hi) in enumerate(widths):
-        if lo == 0 and hi == 0:
-            continue
-        n, d = local[a], 2 + a
-        lo_nbr, hi_nbr = grid.neighbour(a, -1, wrap), grid.neighbour(a, +1, wrap)
-
-        def v(s: slice) -> torch.Tensor:
-            return buf[_slab(widths, local, a, s)]
-
-        if lo:  # my last `lo` cells -> upper neighbour's lower ghosts; mine come from below
-            _sendrecv(comm, v(slice(n, n + lo)), hi_nbr, v(slice(0, lo)), lo_nbr, add=False)
-        if hi:  # my first `hi` cells -> lower neighbour's upper ghosts; mine come from above
-            _sendrecv(comm, v(slice(lo, lo + hi)), lo_nbr, v(slice(lo + n, lo + n + hi)), hi_nbr, add=False)
-        if lo and lo_nbr is None:
-            ghost = v(slice(0, lo))
-            if mode == "zeros":
-                ghost.zero_()
-            elif mode == "replicate":
-                ghost.copy_(v(slice(lo, lo + 1)).expand_as(ghost))
-            else:  # reflect
-                ghost.copy_(v(slice(lo + 1, lo + 1 + lo)).flip(d))
-        if hi and hi_nbr is None:
-            ghost = v(slice(lo + n, lo + n + hi))
-            if mode == "zeros":
-                ghost.zero_()
-            elif mode == "replicate":
-                ghost.copy_(v(slice(lo + n - 1, lo + n)).expand_as(ghost))
+    for plan in _plan(grid, widths, mode):
+        if plan.messages:
+            comm.exchange_regions(buf, plan.messages)
+        for ghost, kind, src, d in plan.fills:
+            g = buf[ghost]
+            if kind == "zeros":
+                g.zero_()
+            elif kind == "replicate":
+                g.copy_(buf[src].expand_as(g))
             else:
-                ghost.copy_(v(slice(lo + n - 1 - hi, lo + n - 1)).flip(d))
+                g.copy_(buf[src].flip(d))
     return buf
 
 
 def _fold_halo_(grad: torch.Tensor, grid: ProcessGrid, widths: Widths, mode: str) -> torch.Tensor:
     """Adjoint of :func:`fill_halo_`: add every ghost's gradient into the cell it was copied from."""
-    local = grid.local_shape
-    wrap = mode == "circular"
     comm = grid.comm
-    for a in reversed(range(len(widths))):
-        lo, hi = widths[a]
-        if lo == 0 and hi == 0:
-            continue
-        n, d = local[a], 2 + a
-        lo_nbr, hi_nbr = grid.neighbour(a, -1, wrap), grid.neighbour(a, +1, wrap)
-
-        def v(s: slice) -> torch.Tensor:
-            return grad[_slab(widths, local, a, s)]
-
-        if hi and hi_nbr is None:
-            ghost = v(slice(lo + n, lo + n + hi))
-            if mode == "replicate":
-                v(slice(lo + n - 1, lo + n)).add_(ghost.sum(d, keepdim=True))
-            elif mode == "reflect":
-                v(slice(lo + n - 1 - hi, lo + n - 1)).add_(ghost.flip(d))
-        if lo and lo_nbr is None:
-            ghost = v(slice(0, lo))
-            if mode == "replicate":
-                v(slice(lo, lo + 1)).add_(ghost.sum(d, keepdim=True))
-            elif mode == "reflect":
-                v(slice(lo + 1, lo + 1 + lo)).add_(ghost.flip(d))
-        if hi:
-            _sendrecv(comm, v(slice(lo + n, lo + n + hi)), hi_nbr, v(slice(lo, lo + hi)), lo_nbr, add=True)
-        if lo:
-            _sendrecv(comm, v(slice(0, lo)), lo_nbr, v(slice(n, n + lo)), hi_nbr, add=True)
+    for plan in reversed(_plan(grid, widths, mode)):
+        for ghost, kind, src, d in plan.fills:
+            if kind == "replicate":
+                grad[src].add_(grad[ghost].sum(d, keepdim=True))
+            elif kind == "reflect":
+                grad[src].add_(grad[ghost].flip(d))
+        if plan.messages:
+            # forward: buf[recv] <- source's buf[send]; adjoint: grad[recv] goes back to source, added to its send
+            comm.exchange_regions(grad, [(r, src, s, dst) for s, dst, r, src in reversed(plan.messages)], add=True)
     return grad
 
 
@@ -201,5 +188,5 @@ def halo(x: torch.Tensor, grid: ProcessGrid, width: Union[int, Sequence] = 1, mo
     widths = normalize_widths(width, grid.ndim)
     if tuple(x.shape[2:]) != grid.local_shape:
         raise ValueError(f"local block has spatial shape {tuple(x.shape[2:])}, but the grid expects {grid.local_shape}")
-    _check(grid, widths, mode)
+    _plan(grid, widths, mode)  # validates, the same on every rank, before any message
     return _Halo.apply(x, grid, widths, mode)

@@ -9,7 +9,11 @@ import pytest
 from tests.helpers import mpiexec_available, run_mpi, run_pytest_mpi
 
 pytestmark = pytest.mark.mpi
-SUITES = ["tests/distributed/test_halo.py", "tests/distributed/test_layers.py"]
+SUITES = [
+    "tests/distributed/test_halo.py",
+    "tests/distributed/test_layers.py",
+    "tests/distributed/test_petsc_dmda.py",
+]
 
 
 @pytest.mark.parametrize("backend", ["mpi", "torch"])
