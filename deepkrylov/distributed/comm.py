@@ -54,9 +54,10 @@ class Comm(abc.ABC):
     def abort(self, message: str = "", code: int = 1) -> None:
         """End every process of the job at once, after writing ``message`` to stderr."""
 
-    def exchange_regions(self, buf: torch.Tensor, messages: list, add: bool = False) -> None:
+    def exchange_regions(self, buf: torch.Tensor, messages: list, add: bool = False, cache: Optional[dict] = None) -> None:
         """For each ``(send_index, dest, recv_index, source)``: send ``buf[send_index]`` to ``dest`` while receiving
-        ``buf[recv_index]`` from ``source`` (or adding into it, with ``add``). Regions are packed as needed."""
+        ``buf[recv_index]`` from ``source`` (or adding into it, with ``add``). Regions are packed as needed.
+        ``cache`` is a dict owned by the caller for the same ``messages``, where an engine may keep prepared state."""
         for send_index, dest, recv_index, source in messages:
             if dest is None and source is None:
                 continue
@@ -190,29 +191,37 @@ class MPIComm(Comm):
             self._types[key] = t
         return t
 
-    def exchange_regions(self, buf: torch.Tensor, messages: list, add: bool = False) -> None:
+    def exchange_regions(self, buf: torch.Tensor, messages: list, add: bool = False, cache: Optional[dict] = None) -> None:
         """Send regions straight from the buffer with MPI subarray datatypes (no packing copies in Python)."""
         if add or buf.dtype not in _MPI_TYPES or not buf.is_contiguous() or (buf.is_cuda and not self.cuda_aware):
             return super().exchange_regions(buf, messages, add)
-        MPI = self._MPI
+        shape = tuple(buf.shape)
+        key = ("mpi-subarray", shape, buf.dtype)
+        prepared = cache.get(key) if cache is not None else None
+        if prepared is None:
+            MPI = self._MPI
+            prepared = []
+            for send_index, dest, recv_index, source in messages:
+                if dest is None and source is None:
+                    continue
+                if dest == self.rank and source == self.rank:
+                    prepared.append((None, send_index, None, recv_index))
+                    continue
+                st = self._subarray(shape, buf.dtype, send_index) if dest is not None else None
+                rt = self._subarray(shape, buf.dtype, recv_index) if source is not None else None
+                prepared.append((st, MPI.PROC_NULL if dest is None else dest, rt, MPI.PROC_NULL if source is None else source))
+            if cache is not None:
+                cache[key] = prepared
         if buf.is_cuda:
             torch.cuda.current_stream(buf.device).synchronize()
         arr = _mpi_buffer(buf, self.cuda_aware)
-        shape = tuple(buf.shape)
-        for send_index, dest, recv_index, source in messages:
-            if dest is None and source is None:
+        empty = [None, 0, self._MPI.BYTE]
+        sendrecv = self.mpi_comm.Sendrecv
+        for st, dest, rt, source in prepared:
+            if st is None and rt is None:  # both neighbours are this rank
+                buf[source].copy_(buf[dest])
                 continue
-            if dest == self.rank and source == self.rank:
-                buf[recv_index].copy_(buf[send_index])
-                continue
-            self.mpi_comm.Sendrecv(
-                [arr, 1, self._subarray(shape, buf.dtype, send_index)] if dest is not None else [None, 0, MPI.BYTE],
-                dest if dest is not None else MPI.PROC_NULL,
-                0,
-                [arr, 1, self._subarray(shape, buf.dtype, recv_index)] if source is not None else [None, 0, MPI.BYTE],
-                source if source is not None else MPI.PROC_NULL,
-                0,
-            )
+            sendrecv([arr, 1, st] if st is not None else empty, dest, 0, [arr, 1, rt] if rt is not None else empty, source, 0)
 
     def allreduce_(self, tensor: torch.Tensor) -> torch.Tensor:
         if self.size == 1:

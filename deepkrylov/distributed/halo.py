@@ -83,12 +83,12 @@ def _slab(widths: Widths, local: Sequence[int], axis: int, along: slice) -> tupl
 class _AxisPlan:
     """What filling the ghosts along one axis takes: the messages, and the boundary fills."""
 
-    __slots__ = ("messages", "fills", "folds")
+    __slots__ = ("messages", "fills", "cache")
 
     def __init__(self) -> None:
         self.messages: list = []  # (send_index, dest, recv_index, source) for fill; swapped roles for fold
         self.fills: list = []  # (ghost_index, kind, source_index, dim)
-        self.folds: list = []  # (ghost_index, kind, target_index, dim)
+        self.cache: dict = {}  # engine-prepared state for these messages (e.g. MPI datatypes)
 
 
 @functools.lru_cache(maxsize=512)
@@ -131,7 +131,7 @@ def fill_halo_(buf: torch.Tensor, grid: ProcessGrid, widths: Widths, mode: str =
     comm = grid.comm
     for plan in _plan(grid, widths, mode):
         if plan.messages:
-            comm.exchange_regions(buf, plan.messages)
+            comm.exchange_regions(buf, plan.messages, cache=plan.cache)
         for ghost, kind, src, d in plan.fills:
             g = buf[ghost]
             if kind == "zeros":
