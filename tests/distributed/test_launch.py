@@ -43,3 +43,23 @@ def test_error_on_one_rank_ends_the_job(backend):
     assert "rank two cannot go on: bad input file" in res.stderr + res.stdout
     assert "rank 2/4" in res.stderr + res.stdout
     assert elapsed < 60, f"job took {elapsed:.1f}s to end"
+
+
+def test_suite_under_torchrun():
+    """init() recognises torchrun and runs the same suite over torch.distributed (gloo)."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    torchrun = Path(sys.executable).with_name("torchrun")
+    if not torchrun.exists() and shutil.which("torchrun") is None:
+        pytest.skip("torchrun is not installed")
+    res = subprocess.run(
+        [str(torchrun) if torchrun.exists() else "torchrun", "--nproc-per-node", "2", "-m", "pytest", "-q", "-x",
+         "-p", "no:cacheprovider", SUITES[0], SUITES[1]],
+        capture_output=True, text=True, timeout=600, env=dict(os.environ, OMP_NUM_THREADS="1"),
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    assert res.returncode == 0, res.stdout[-5000:] + res.stderr[-5000:]
