@@ -1,0 +1,173 @@
+"""Preconditioners in the PETSc PC style: an object with ``setup(A)`` (once per operator) and ``apply(r) -> z``.
+
+The Krylov loops reach a preconditioner only through ``apply``, so any callable on fields (a network, a
+multigrid cycle, a PETSc PC through :mod:`deepkrylov.solvers.petsc`) works; :func:`as_preconditioner` turns
+``None``, a callable or an operator into one.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Optional
+
+import numpy as np
+import torch
+
+from deepkrylov.distributed import GridTensor
+
+__all__ = ["Preconditioner", "Identity", "Jacobi", "CallablePreconditioner", "as_preconditioner"]
+
+
+class Preconditioner:
+    """Base class: ``z = M r`` with ``M`` approximating ``A^{-1}``.
+
+    Subclasses override :meth:`apply` and, if they need the operator, :meth:`setup`.
+    ``is_symmetric`` / ``is_positive_definite`` are structural facts (None = unknown); CG relies on an SPD ``M``,
+    flexible CG and GMRES do not.
+    """
+
+    is_symmetric: Optional[bool] = None
+    is_positive_definite: Optional[bool] = None
+    is_setup: bool = True
+
+    def setup(self, A: Any) -> "Preconditioner":
+        """Prepare for operator ``A`` (default: nothing). Returns self."""
+        self.is_setup = True
+        return self
+
+    def apply(self, r: Any) -> Any:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def __call__(self, r: Any) -> Any:
+        return self.apply(r)
+
+    def reset(self) -> None:
+        """Forget what :meth:`setup` computed."""
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+class Identity(Preconditioner):
+    """``M = I`` (no preconditioning)."""
+
+    is_symmetric = True
+    is_positive_definite = True
+
+    def apply(self, r: Any) -> Any:
+        return r
+
+
+class Jacobi(Preconditioner):
+    """Point Jacobi: ``z = r / diag(A)``; the diagonal comes from ``A.diagonal()`` at :meth:`setup`.
+
+    Args:
+        A: the operator now (optional; the solver calls ``setup(A)`` otherwise).
+        zero_pivot: what to do with zero diagonal entries: ``"error"`` or ``"one"`` (use 1, like PETSc's
+            ``-pc_jacobi_fixdiagonal``... a zero row stays untouched).
+    """
+
+    is_symmetric = True
+
+    def __init__(self, A: Any = None, *, zero_pivot: str = "error") -> None:
+        if zero_pivot not in ("error", "one"):
+            raise ValueError(f"zero_pivot must be 'error' or 'one', but got {zero_pivot!r}")
+        self.zero_pivot = zero_pivot
+        self.inv_diag: Any = None
+        self.is_setup = False
+        self.is_positive_definite = None
+        if A is not None:
+            self.setup(A)
+
+    def setup(self, A: Any) -> "Jacobi":
+        diagonal = getattr(A, "diagonal", None)
+        if diagonal is None:
+            raise TypeError(f"Jacobi needs an operator with diagonal(), but got {type(A).__name__}")
+        try:
+            d = diagonal()
+        except NotImplementedError as exc:
+            raise TypeError(
+                f"Jacobi needs the operator's diagonal, but {type(A).__name__}.diagonal() is not implemented"
+            ) from exc
+        local = d.local if isinstance(d, GridTensor) else d
+        if not isinstance(local, torch.Tensor):
+            local = torch.as_tensor(np.asarray(local))
+        zero = local == 0
+        bad = zero.any().to(torch.float64).reshape(1)
+        if isinstance(d, GridTensor):
+            d.grid.comm.allreduce_(bad)
+        if bool(bad.item() > 0):
+            if self.zero_pivot == "error":
+                raise ValueError("Jacobi: the operator's diagonal has zero entries; use zero_pivot='one' or another preconditioner")
+            local = torch.where(zero, torch.ones_like(local), local)
+        inv = 1.0 / local
+        self.inv_diag = d.with_local(inv) if isinstance(d, GridTensor) else inv
+        neg = (local < 0).any().to(torch.float64).reshape(1)
+        if isinstance(d, GridTensor):
+            d.grid.comm.allreduce_(neg)
+        self.is_positive_definite = not bool(neg.item() > 0)
+        self.is_setup = True
+        return self
+
+    def reset(self) -> None:
+        self.inv_diag, self.is_setup = None, False
+
+    def apply(self, r: Any) -> Any:
+        if self.inv_diag is None:
+            raise RuntimeError("Jacobi.apply before setup(A): pass the operator to Jacobi(A) or to the solver")
+        if isinstance(r, GridTensor):
+            inv = self.inv_diag.local if isinstance(self.inv_diag, GridTensor) else self.inv_diag
+            return r.with_local(r.local * _fit(inv, r.local))
+        inv = self.inv_diag.local if isinstance(self.inv_diag, GridTensor) else self.inv_diag
+        return r * _fit(inv, r)
+
+
+def _fit(inv: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Reshape/cast a diagonal to broadcast against ``like`` (batch, channels, *spatial) or (n,)."""
+    inv = inv.to(dtype=like.dtype, device=like.device)
+    if inv.shape == like.shape or inv.dim() == like.dim():
+        return inv
+    if like.dim() >= 2 and inv.numel() == int(np.prod(like.shape[1:])):
+        return inv.reshape((1,) + tuple(like.shape[1:]))
+    return inv.reshape(like.shape[-inv.dim():] if inv.dim() else ())
+
+
+class CallablePreconditioner(Preconditioner):
+    """Wrap any callable ``fn(r) -> z`` (a network, an operator's ``apply``, a multigrid cycle)."""
+
+    def __init__(self, fn: Callable[[Any], Any], *, symmetric: Optional[bool] = None,
+                 positive_definite: Optional[bool] = None) -> None:
+        if not callable(fn):
+            raise TypeError(f"fn must be callable, but got {type(fn).__name__}")
+        self.fn = fn
+        self.is_symmetric = symmetric
+        self.is_positive_definite = positive_definite
+
+    def apply(self, r: Any) -> Any:
+        return self.fn(r)
+
+    def __repr__(self) -> str:
+        return f"CallablePreconditioner({self.fn!r})"
+
+
+def as_preconditioner(M: Any) -> Preconditioner:
+    """``None`` -> :class:`Identity`; a :class:`Preconditioner` as is; an operator (``apply``) or a callable wrapped.
+
+    A raw matrix is refused: wrap it with ``MatrixOperator`` (it then acts as ``z = M r``).
+    """
+    if M is None:
+        return Identity()
+    if isinstance(M, Preconditioner):
+        return M
+    if isinstance(M, (torch.Tensor, np.ndarray)) or type(M).__module__.startswith("scipy.sparse"):
+        raise TypeError(
+            f"a preconditioner must be an operator or callable, but got a raw {type(M).__name__}; wrap it with "
+            "deepkrylov.solvers.MatrixOperator(M) (applied as z = M r)"
+        )
+    if hasattr(M, "apply") and callable(M.apply):
+        return CallablePreconditioner(
+            M.apply, symmetric=getattr(M, "is_symmetric", None),
+            positive_definite=getattr(M, "is_positive_definite", None),
+        )
+    if callable(M):
+        return CallablePreconditioner(M)
+    raise TypeError(f"M must be None, a Preconditioner, an operator with apply(), or a callable, but got {type(M).__name__}")
