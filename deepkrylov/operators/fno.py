@@ -1,0 +1,167 @@
+"""Fourier neural operator (Li et al., ICLR 2021), 1D/2D/3D.
+
+``FNO``: a pointwise lifting (optionally with the grid coordinates as extra input channels), ``num_layers``
+Fourier layers ``v <- act(K v + W v)`` (``K`` a spectral convolution that keeps the lowest ``modes`` Fourier
+modes per axis, ``W`` a 1x1 convolution; no activation after the last layer) and a two-layer pointwise
+projection. ``modes`` counts the *kept non-negative frequencies* per axis (Li et al.'s convention; the
+``neuraloperator`` library's ``n_modes`` is twice that on the full axes). For non-periodic problems
+``padding`` extends the domain by that fraction with zeros at the end of every axis before the Fourier layers
+and crops afterwards. All weights are independent of the grid size: any resolution with at least
+``2 * modes`` points per axis runs with the same weights.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from typing import Sequence, Union
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["FNO", "SpectralConv"]
+
+_CONV = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
+_ACTIVATIONS = {"gelu": F.gelu, "relu": F.relu, "tanh": torch.tanh, "silu": F.silu}
+
+
+def _tuple(v: Union[int, Sequence[int]], n: int, name: str) -> tuple[int, ...]:
+    t = tuple(int(a) for a in v) if isinstance(v, (tuple, list)) else (int(v),) * n
+    if len(t) != n or any(a < 1 for a in t):
+        raise ValueError(f"{name} must be a positive int or {n} positive ints, but got {v!r}")
+    return t
+
+
+class SpectralConv(nn.Module):
+    """``y = IFFT(R . FFT(x))`` with a complex weight ``R`` on the lowest ``modes`` frequencies of every axis.
+
+    The weight is stored as a real tensor (last axis = real/imaginary) so that ``.double()`` and ``.to()`` act on
+    it like on any other parameter; on the full axes both the positive and negative frequencies are kept.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, modes: Union[int, Sequence[int]], dim: int = 2) -> None:
+        super().__init__()
+        if dim not in (1, 2, 3):
+            raise ValueError(f"dim must be 1, 2 or 3, but got {dim}")
+        self.dim, self.in_channels, self.out_channels = dim, in_channels, out_channels
+        self.modes = _tuple(modes, dim, "modes")
+        # one block per sign combination of the full axes (the last, rfft axis has non-negative frequencies only)
+        self.corners = list(itertools.product((0, 1), repeat=dim - 1))
+        scale = 1.0 / (in_channels * out_channels)
+        self.weight = nn.Parameter(
+            scale * torch.rand(len(self.corners), in_channels, out_channels, *self.modes, 2)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        d = self.dim
+        sizes = x.shape[-d:]
+        for a in range(d - 1):
+            if sizes[a] < 2 * self.modes[a]:
+                raise ValueError(
+                    f"spectral convolution with modes {self.modes} needs at least {2 * self.modes[a]} points along "
+                    f"axis {a}, but got grid {tuple(sizes)}"
+                )
+        if sizes[-1] // 2 + 1 < self.modes[-1]:
+            raise ValueError(
+                f"spectral convolution with modes {self.modes} needs at least {2 * (self.modes[-1] - 1)} points "
+                f"along the last axis, but got grid {tuple(sizes)}"
+            )
+        axes = tuple(range(-d, 0))
+        xf = torch.fft.rfftn(x, dim=axes, norm="ortho")
+        out = torch.zeros(
+            x.shape[0], self.out_channels, *xf.shape[2:], dtype=xf.dtype, device=x.device
+        )
+        w = torch.view_as_complex(self.weight.to(x.dtype if x.dtype != torch.float16 else torch.float32).contiguous())
+        letters = "xyz"[:d]
+        eq = f"bi{letters},io{letters}->bo{letters}"
+        for c, corner in enumerate(self.corners):
+            idx = [slice(None), slice(None)]
+            for a, sign in enumerate(corner):
+                m = self.modes[a]
+                idx.append(slice(0, m) if sign == 0 else slice(sizes[a] - m, sizes[a]))
+            idx.append(slice(0, self.modes[-1]))
+            out[tuple(idx)] = torch.einsum(eq, xf[tuple(idx)], w[c])
+        return torch.fft.irfftn(out, s=tuple(sizes), dim=axes, norm="ortho")
+
+
+class FNO(nn.Module):
+    """Fourier neural operator ``(batch, in_channels, *grid) -> (batch, out_channels, *grid)``.
+
+    Args:
+        in_channels, out_channels: input/output function channels.
+        modes: kept non-negative Fourier modes per axis (int or one per axis).
+        width: channels of the Fourier layers.
+        num_layers: number of Fourier layers.
+        dim: spatial dimensions (1, 2, 3).
+        padding: domain padding fraction (e.g. 0.1 for non-periodic problems; 0 for periodic ones).
+        positional: append the grid coordinates in [0, 1] as input channels.
+        projection_channels: hidden width of the pointwise projection.
+        activation: gelu, relu, tanh or silu.
+    """
+
+    def __init__(
+        self, in_channels: int = 1, out_channels: int = 1, modes: Union[int, Sequence[int]] = 12, width: int = 32,
+        num_layers: int = 4, dim: int = 2, padding: float = 0.0, positional: bool = True,
+        projection_channels: int = 128, activation: str = "gelu",
+    ) -> None:
+        super().__init__()
+        if dim not in _CONV:
+            raise ValueError(f"dim must be 1, 2 or 3, but got {dim}")
+        if activation not in _ACTIVATIONS:
+            raise ValueError(f"activation must be one of {sorted(_ACTIVATIONS)}, but got {activation!r}")
+        if not 0.0 <= padding < 1.0:
+            raise ValueError(f"padding must be a fraction in [0, 1), but got {padding}")
+        for name, v in (("in_channels", in_channels), ("out_channels", out_channels), ("width", width),
+                        ("num_layers", num_layers), ("projection_channels", projection_channels)):
+            if int(v) < 1:
+                raise ValueError(f"{name} must be >= 1, but got {v}")
+        self.dim, self.in_channels, self.out_channels = dim, in_channels, out_channels
+        self.modes, self.width, self.num_layers = _tuple(modes, dim, "modes"), width, num_layers
+        self.padding, self.positional, self.projection_channels = float(padding), positional, projection_channels
+        self.activation = activation
+        self._act = _ACTIVATIONS[activation]
+        Conv = _CONV[dim]
+        self.lift = Conv(in_channels + (dim if positional else 0), width, 1)
+        self.spectral = nn.ModuleList(SpectralConv(width, width, self.modes, dim) for _ in range(num_layers))
+        self.pointwise = nn.ModuleList(Conv(width, width, 1) for _ in range(num_layers))
+        self.proj1 = Conv(width, projection_channels, 1)
+        self.proj2 = Conv(projection_channels, out_channels, 1)
+
+    def config(self) -> dict:
+        """Constructor arguments (for checkpoints and the CLI)."""
+        return {
+            "in_channels": self.in_channels, "out_channels": self.out_channels, "modes": list(self.modes),
+            "width": self.width, "num_layers": self.num_layers, "dim": self.dim, "padding": self.padding,
+            "positional": self.positional, "projection_channels": self.projection_channels,
+            "activation": self.activation,
+        }
+
+    def _coords(self, x: torch.Tensor) -> torch.Tensor:
+        sizes = x.shape[2:]
+        axes = [torch.linspace(0, 1, n, dtype=x.dtype, device=x.device) for n in sizes]
+        mesh = torch.meshgrid(*axes, indexing="ij")
+        return torch.stack(mesh).unsqueeze(0).expand(x.shape[0], -1, *sizes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not isinstance(x, torch.Tensor) or x.dim() != self.dim + 2:
+            raise ValueError(
+                f"this FNO is {self.dim}D and takes a (batch, channels, *{self.dim} sizes) tensor, but got "
+                f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}"
+            )
+        if x.shape[1] != self.in_channels:
+            raise ValueError(f"this FNO takes {self.in_channels} input channels, but got {x.shape[1]}")
+        sizes = x.shape[2:]
+        if self.positional:
+            x = torch.cat([x, self._coords(x)], dim=1)
+        v = self.lift(x)
+        pads = [int(math.ceil(self.padding * n)) for n in sizes]
+        if any(pads):
+            v = F.pad(v, [p for n in reversed(pads) for p in (0, n)])
+        for i, (k, w) in enumerate(zip(self.spectral, self.pointwise)):
+            v = k(v) + w(v)
+            if i < self.num_layers - 1:
+                v = self._act(v)
+        if any(pads):
+            v = v[(slice(None), slice(None)) + tuple(slice(0, n) for n in sizes)]
+        return self.proj2(self._act(self.proj1(v)))
