@@ -335,7 +335,7 @@ class PetscMatOperator(_base_operator()):  # type: ignore[misc]
     def _wrap(self, x: Any) -> GridTensor:
         if isinstance(x, GridTensor):
             if x.grid != self.grid:
-                raise ValueError(f"x lives on {x.grid!r} but the operator on {self.grid!r}")
+                raise ValueError(f"x lives on the grid {x.grid!r} but the operator on the grid {self.grid!r}")
             return x
         if isinstance(x, torch.Tensor) and x.numel() == self._n and self.grid.size == 1:
             return GridTensor(x.reshape((1, 1) + self.grid.local_shape), self.grid)

@@ -73,6 +73,7 @@ class Jacobi(Preconditioner):
             raise ValueError(f"zero_pivot must be 'error' or 'one', but got {zero_pivot!r}")
         self.zero_pivot = zero_pivot
         self.inv_diag: Any = None
+        self._local_cache: Any = None
         self.is_setup = False
         self.is_positive_definite = None
         if A is not None:
@@ -101,6 +102,7 @@ class Jacobi(Preconditioner):
             local = torch.where(zero, torch.ones_like(local), local)
         inv = 1.0 / local
         self.inv_diag = d.with_local(inv) if isinstance(d, GridTensor) else inv
+        self._local_cache = None
         neg = (local < 0).any().to(torch.float64).reshape(1)
         if isinstance(d, GridTensor):
             d.grid.comm.allreduce_(neg)
@@ -115,7 +117,16 @@ class Jacobi(Preconditioner):
         if self.inv_diag is None:
             raise RuntimeError("Jacobi.apply before setup(A): pass the operator to Jacobi(A) or to the solver")
         if isinstance(r, GridTensor):
-            inv = self.inv_diag.local if isinstance(self.inv_diag, GridTensor) else self.inv_diag
+            if isinstance(self.inv_diag, GridTensor):
+                inv = self.inv_diag.local
+            else:  # a whole (replicated) diagonal: this rank's block of it, cut once per grid
+                key = r.grid
+                if self._local_cache is None or self._local_cache[0] != key:
+                    g = r.grid
+                    full = self.inv_diag.reshape(g.global_shape) if self.inv_diag.numel() == int(np.prod(g.global_shape)) \
+                        else self.inv_diag.reshape(r.shape[1:])[(slice(None),) * (len(r.shape) - 1 - g.ndim)]
+                    self._local_cache = (key, full[g.local_slices].contiguous())
+                inv = self._local_cache[1]
             return r.with_local(r.local * _fit(inv, r.local))
         inv = self.inv_diag.local if isinstance(self.inv_diag, GridTensor) else self.inv_diag
         return r * _fit(inv, r)

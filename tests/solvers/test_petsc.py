@@ -1,0 +1,201 @@
+"""PETSc interop: zero-copy vectors, assembly in DMDA order, shell Mats, the KSP baseline and the python plugins,
+checked against PETSc's own KSPCG and SciPy (runs serially or under mpiexec)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.sparse.linalg as sla
+import torch
+
+from deepkrylov.distributed import GridTensor, ProcessGrid
+from deepkrylov.solvers import ConvergedReason, Jacobi, MatrixOperator, cg, fcg
+
+from .problems import laplacian, rhs, sphere_mask
+
+PETSc = pytest.importorskip("petsc4py.PETSc", reason="petsc4py is not installed (pip install deepkrylov[petsc] or scripts/setup.sh)")
+P = pytest.importorskip("deepkrylov.solvers.petsc")
+
+pytestmark = pytest.mark.petsc
+
+
+@pytest.fixture
+def mpi_ctx(ctx):
+    if ctx.comm.name == "torch":
+        pytest.skip("PETSc runs on the MPI engine")
+    return ctx
+
+
+def _setup(ctx, shape, bc="dirichlet", obstacle=False):
+    mask = sphere_mask(shape) if obstacle else None
+    A = laplacian(shape, bc, mask)
+    b = rhs(shape, seed=2, mask=mask, singular=bc != "dirichlet" and mask is None)
+    if bc != "dirichlet" and mask is not None:
+        b[mask] -= b[mask].mean()  # consistent on the fluid cells (the null space is constant there)
+    grid = ProcessGrid(ctx, shape)
+    full = torch.from_numpy(b).reshape(1, 1, *shape)
+    return A, b, grid, full, GridTensor.from_global(full, grid).clone()
+
+
+def test_vec_zero_copy_both_ways(mpi_ctx):
+    grid = ProcessGrid(mpi_ctx, (7, 9, 5))
+    x = GridTensor.from_global(torch.arange(315, dtype=torch.float64).reshape(1, 1, 7, 9, 5), grid).clone()
+    v = P.to_petsc_vec(x)
+    assert v.getSize() == 315 and v.getLocalSize() == x.local.numel()
+    v.scale(3.0)                       # PETSc writes ...
+    expect = 3.0 * torch.arange(315, dtype=torch.float64).reshape(1, 1, 7, 9, 5)[(slice(None),) * 2 + grid.local_slices]
+    assert torch.equal(x.local, expect)  # ... torch sees it
+    x.local.fill_(1.5)                 # torch writes ...
+    assert v.sum() == pytest.approx(1.5 * 315)  # ... PETSc sees it (a global reduction over ranks)
+    y = P.from_petsc_vec(v, grid)
+    y.local.mul_(2.0)
+    assert torch.equal(x.local, torch.full_like(x.local, 3.0))
+    assert v.norm(PETSc.NormType.INFINITY) == 3.0
+    # float32 or a batch cannot share memory: copied (float32) or refused (batch)
+    v32 = P.to_petsc_vec(x.to(torch.float32))
+    v32.scale(0.0)
+    assert x.local.abs().max() == 3.0
+    with pytest.raises(ValueError, match="one sample"):
+        P.to_petsc_vec(GridTensor.zeros(grid, batch=2, dtype=torch.float64))
+
+
+def test_dmda_layout_and_natural_ordering(mpi_ctx):
+    grid = ProcessGrid(mpi_ctx, (6, 5, 7))
+    da = P.create_dmda(grid)
+    assert P.grid_from_dmda(da).local_slices == grid.local_slices
+    full = torch.randn(1, 1, 6, 5, 7, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    x = GridTensor.from_global(full, grid).clone()
+    v = da.createGlobalVec()
+    v.getArray()[:] = x.local.numpy().ravel()
+    nat = da.createNaturalVec()
+    da.globalToNatural(v, nat)
+    allnat = PETSc.Scatter.toAll(nat)
+    seq = allnat[1]
+    allnat[0].scatter(nat, seq)
+    np.testing.assert_array_equal(seq.getArray(), full.numpy().ravel())  # PETSc agrees on the ordering
+    perm = P.natural_to_petsc(grid)
+    ao = da.getAO()
+    np.testing.assert_array_equal(ao.app2petsc(np.arange(perm.size, dtype=PETSc.IntType)), perm)
+    da.destroy()
+
+
+@pytest.mark.parametrize("shape,bc,obstacle", [((12, 10), "dirichlet", False), ((6, 7, 8), "periodic", False),
+                                               ((10, 10, 10), "dirichlet", True)])
+def test_assembled_shell_and_scipy_agree(mpi_ctx, shape, bc, obstacle):
+    A, b, grid, full, bt = _setup(mpi_ctx, shape, bc, obstacle)
+    mat = P.assemble_aij(A, grid)
+    ref = (A @ b.ravel()).reshape(shape)
+    y1 = P.PetscMatOperator(mat, grid).apply(bt).gather()
+    shell = P.as_petsc_mat(MatrixOperator(A), grid)
+    y2 = P.PetscMatOperator(shell, grid).apply(bt).gather()
+    np.testing.assert_allclose(y1.numpy().reshape(shape), ref, rtol=1e-14, atol=1e-13)
+    np.testing.assert_allclose(y2.numpy().reshape(shape), ref, rtol=1e-14, atol=1e-13)
+    d = P.PetscMatOperator(mat, grid).diagonal().gather()
+    np.testing.assert_array_equal(d.numpy().ravel(), A.diagonal())
+    shell.destroy()
+    mat.destroy()
+
+
+@pytest.mark.parametrize("pc", ["none", "jacobi"])
+@pytest.mark.parametrize("norm_type", ["unpreconditioned", "preconditioned", "natural"])
+@pytest.mark.parametrize("shape,bc,obstacle", [((20, 24), "dirichlet", False), ((10, 9, 11), "dirichlet", False),
+                                               ((12, 12, 12), "neumann", True)])
+def test_cg_iterations_equal_petsc_kspcg(mpi_ctx, shape, bc, obstacle, pc, norm_type):
+    A, b, grid, full, bt = _setup(mpi_ctx, shape, bc, obstacle)
+    mat = P.assemble_aij(A, grid)
+    base = P.petsc_solve(mat, bt, pc_type=pc, rtol=1e-8, norm_type=norm_type, null_space=bc != "dirichlet" and not obstacle)
+    assert base.converged, base
+    op = P.PetscMatOperator(mat, grid)
+    ours = cg(op, bt, M=Jacobi(op) if pc == "jacobi" else None, rtol=1e-8, norm_type=norm_type)
+    assert ours.converged, ours
+    assert abs(ours.iterations - base.iterations) <= 1, (ours.iterations, base.iterations)
+    np.testing.assert_allclose(ours.residual_norms[: min(len(ours.residual_norms), 5)],
+                               base.residual_norms[: min(len(ours.residual_norms), 5)], rtol=1e-8)
+    serial = cg(MatrixOperator(A), full, M=Jacobi(MatrixOperator(A)) if pc == "jacobi" else None, rtol=1e-8,
+                norm_type=norm_type)  # the same solve on one rank: same count on every rank count
+    assert ours.iterations == serial.iterations
+    diff = (ours.x.gather() - serial.x).abs().max()
+    assert float(diff) <= 1e-9 * float(serial.x.abs().max())
+    mat.destroy()
+
+
+@pytest.mark.parametrize("pc", ["jacobi", "icc", "gamg", "hypre"])
+def test_baseline_preconditioners_solve_to_tolerance(mpi_ctx, pc):
+    A, b, grid, full, bt = _setup(mpi_ctx, (12, 11, 10))
+    res = P.petsc_solve(A, bt, pc_type=pc, rtol=1e-10)
+    assert res.converged and res.reason == ConvergedReason.CONVERGED_RTOL, res
+    assert res.residual_norms[-1] <= 1e-10 * res.residual_norms[0] * 1.0000001
+    ref = sla.spsolve(A.tocsc(), b.ravel())
+    x = res.x.gather().numpy().ravel()
+    assert np.linalg.norm(x - ref) / np.linalg.norm(ref) < 1e-8
+    assert set(res.info) >= {"setup_time", "solve_time", "pc_type"}
+
+
+def test_neumann_null_space(mpi_ctx):
+    A, b, grid, full, bt = _setup(mpi_ctx, (10, 12), "neumann")
+    bt.local.add_(0.3)  # inconsistent: PETSc projects it out with the MatNullSpace
+    res = P.petsc_solve(A, bt, pc_type="jacobi", rtol=1e-10, null_space=True)
+    assert res.converged
+    x = res.x.gather().numpy().ravel()
+    r = (b.ravel() + 0.3 - 0.3) - A @ x  # residual of the projected system
+    assert np.linalg.norm(r - r.mean()) <= 1e-8 * np.linalg.norm(b)
+
+
+def test_ksp_python_plugin_equals_kspcg(mpi_ctx):
+    A, b, grid, full, bt = _setup(mpi_ctx, (16, 18))
+    mat = P.assemble_aij(A, grid)
+    for pc in ("none", "jacobi"):
+        ref = P.petsc_solve(mat, bt, pc_type=pc, rtol=1e-9)
+        plug = P.petsc_solve(mat, bt, ksp_type="python", pc_type=pc, rtol=1e-9,
+                             options={"ksp_python_type": "deepkrylov.solvers.petsc.CG"})
+        assert plug.info["ksp_type"] == "python"
+        assert plug.reason == ref.reason and abs(plug.iterations - ref.iterations) <= 1
+        assert len(plug.residual_norms) == plug.iterations + 1  # history logged through PETSc
+        np.testing.assert_allclose(plug.x.gather().numpy(), ref.x.gather().numpy(), rtol=0, atol=1e-8)
+    flex = P.petsc_solve(mat, bt, ksp_type="python", pc_type="jacobi", rtol=1e-9,
+                         options={"ksp_python_type": "deepkrylov.solvers.petsc.FCG"})
+    assert flex.converged
+    mat.destroy()
+
+
+def test_pc_python_plugin_equals_pcjacobi(mpi_ctx):
+    A, b, grid, full, bt = _setup(mpi_ctx, (10, 9, 8))
+    mat = P.assemble_aij(A, grid)
+    ref = P.petsc_solve(mat, bt, pc_type="jacobi", rtol=1e-9)
+    plug = P.petsc_solve(mat, bt, pc_type="none", rtol=1e-9,
+                         options={"pc_type": "python", "pc_python_type": "deepkrylov.solvers.petsc.PC",
+                                  "deepkrylov_pc_type": "jacobi"})
+    assert plug.info["pc_type"] == "python"
+    assert plug.iterations == ref.iterations
+    ident = P.petsc_solve(mat, bt, pc_type="none", rtol=1e-9,
+                          options={"pc_type": "python", "pc_python_type": "deepkrylov.solvers.petsc.PC",
+                                   "deepkrylov_pc_type": "identity"})
+    plain = P.petsc_solve(mat, bt, pc_type="none", rtol=1e-9)
+    assert ident.iterations == plain.iterations
+    mat.destroy()
+
+
+def test_petsc_mat_operator_in_our_solvers(mpi_ctx):
+    A, b, grid, full, bt = _setup(mpi_ctx, (12, 12))
+    mat = P.assemble_aij(A, grid)
+    op = P.PetscMatOperator(mat, grid)
+    res = fcg(op, bt, M=Jacobi(op), rtol=1e-11)
+    ref = sla.spsolve(A.tocsc(), b.ravel())
+    x = res.x.gather().numpy().ravel()
+    assert np.linalg.norm(x - ref) / np.linalg.norm(ref) < 1e-8
+    mat.destroy()
+
+
+def test_bad_inputs(mpi_ctx):
+    A, b, grid, full, bt = _setup(mpi_ctx, (8, 8))
+    with pytest.raises(ValueError, match="pc_type"):
+        P.petsc_solve(A, bt, pc_type="magic")
+    with pytest.raises(TypeError, match="GridTensor"):
+        P.petsc_solve(A, full)
+    other = ProcessGrid(mpi_ctx, (8, 9))
+    with pytest.raises(ValueError, match="unknowns|shape"):
+        P.assemble_aij(A, other)
+    mat = P.assemble_aij(A, grid)
+    with pytest.raises(ValueError, match="grid"):
+        P.PetscMatOperator(mat, grid).apply(GridTensor.zeros(other, dtype=torch.float64))
+    mat.destroy()
