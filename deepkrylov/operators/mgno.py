@@ -136,6 +136,8 @@ class MgConv(nn.Module):
                 u = s(u, f)
             us.append(u)  # type: ignore[arg-type]
             fs.append(f)
+        for s in self.post[-1]:  # the coarsest level has no correction to wait for
+            us[-1] = s(us[-1], fs[-1])
         for lvl in range(self.levels - 2, -1, -1):
             fine = us[lvl]
             if isinstance(fine, GridTensor):
@@ -146,9 +148,6 @@ class MgConv(nn.Module):
             for s in self.post[lvl]:
                 u = s(u, fs[lvl])
             us[lvl] = u
-        if self.levels == 1:
-            for s in self.post[0]:
-                us[0] = s(us[0], fs[0])
         return us[0]
 
 
