@@ -32,7 +32,7 @@ from .result import ConvergedReason, SolveResult
 __all__ = [
     "petsc_available", "import_petsc", "petsc_comm", "create_dmda", "grid_from_dmda", "to_petsc_vec",
     "from_petsc_vec", "natural_to_petsc", "assemble_aij", "as_petsc_mat", "PetscMatOperator", "ShellContext",
-    "set_constant_null_space", "petsc_solve", "PC_TYPES", "CG", "FCG", "PC", "Jacobi",
+    "set_constant_null_space", "petsc_solve", "PC_TYPES", "CG", "FCG", "PC", "Jacobi", "embedding_environment",
 ]
 
 _INSTALL_HINT = (
@@ -100,11 +100,58 @@ def grid_from_dmda(da: Any) -> ProcessGrid:
     )
 
 
+def _dmda_layout(dm: Any) -> Optional[tuple]:
+    """(sizes, proc_sizes, ownership ranges), x first, of a DM of type ``da`` that petsc4py hands out as a plain
+    ``DM`` (e.g. from ``Vec.getDM()`` on a vector made in C): read through the C API with ctypes."""
+    import ctypes
+
+    PETSc = import_petsc()
+    try:
+        lib = ctypes.CDLL(_libpetsc_path(), mode=ctypes.RTLD_GLOBAL)
+    except OSError:
+        return None
+    Int = ctypes.c_int64 if np.dtype(PETSc.IntType).itemsize == 8 else ctypes.c_int32
+    vals = [Int(0) for _ in range(9)]  # dim, M, N, P, m, n, p, dof, stencil width
+    h = ctypes.c_void_p(dm.handle)
+    err = lib.DMDAGetInfo(h, *[ctypes.byref(v) for v in vals], None, None, None, None)
+    if err:
+        return None
+    dim, M, N, Pz, m, n, p, dof, _ = (int(v.value) for v in vals)
+    if dof != 1:
+        return None
+    ptrs = [ctypes.POINTER(Int)() for _ in range(3)]
+    if lib.DMDAGetOwnershipRanges(h, *[ctypes.byref(q) for q in ptrs]):
+        return None
+    sizes, procs = (M, N, Pz)[:dim], (m, n, p)[:dim]
+    ranges = tuple(tuple(int(ptrs[a][i]) for i in range(procs[a])) for a in range(dim))
+    return sizes, procs, ranges
+
+
+def _libpetsc_path() -> str:
+    import os
+
+    import petsc4py
+
+    cfg = petsc4py.get_config()
+    base = os.path.join(cfg.get("PETSC_DIR", ""), cfg.get("PETSC_ARCH", "") or "", "lib")
+    for name in ("libpetsc_real.so", "libpetsc.so", "libpetsc_real.so.3.18"):
+        path = os.path.join(base, name)
+        if os.path.exists(path):
+            return path
+    return "libpetsc.so"
+
+
 def _grid_for_vec(vec: Any) -> ProcessGrid:
     """A grid for a PETSc vector: its DMDA's when it has one, else 1D with the vector's ownership ranges."""
     dm = vec.getDM()
-    if dm and dm.getType() == "da" and dm.getDof() == 1:
-        return grid_from_dmda(dm)
+    if dm and dm.getType() == "da":
+        layout = grid_from_dmda(dm) if hasattr(dm, "getOwnershipRanges") else _dmda_layout(dm)
+        if isinstance(layout, ProcessGrid):
+            return layout
+        if layout is not None:
+            sizes, procs, ranges = layout
+            return ProcessGrid(vec.getComm().tompi4py(), tuple(reversed(sizes)), dims=tuple(reversed(procs)),
+                               splits=tuple(reversed(ranges)))
     comm = vec.getComm().tompi4py()
     ranges = vec.getOwnershipRanges()
     return ProcessGrid(comm, (int(vec.getSize()),), splits=(tuple(int(b - a) for a, b in zip(ranges[:-1], ranges[1:])),))
@@ -360,6 +407,11 @@ class PetscMatOperator(_base_operator()):  # type: ignore[misc]
         dst = dst.to(device=xt.device, dtype=xt.dtype)
         return xt.with_local(dst) if isinstance(x, GridTensor) else dst.reshape(x.shape)
 
+    def close(self) -> None:
+        """Destroy the work vectors now (PETSc may be finalized before Python collects them)."""
+        self._x.destroy()
+        self._y.destroy()
+
     def diagonal(self) -> GridTensor:
         d = self.mat.createVecLeft()
         self.mat.getDiagonal(d)
@@ -496,6 +548,12 @@ class _PetscPCApply:
         self.pc, self.grid = pc, grid
         self._r, self._z = work, work.duplicate()
 
+    def close(self) -> None:
+        """Destroy the work vectors now (PETSc may be finalized before Python collects them)."""
+        self._r.destroy()
+        self._z.destroy()
+        self.pc = None
+
     def __call__(self, r: GridTensor) -> GridTensor:
         src = r.local if _zero_copy_ok(r.local) else r.local.detach().to("cpu", torch.float64).contiguous()
         dst = torch.empty_like(src)
@@ -560,10 +618,15 @@ class CG:
 
         kw = dict(rtol=rtol, atol=atol, dtol=dtol, max_it=int(max_it), reference=reference, callback=monitor)
         x0 = xt.clone() if ksp.getInitialGuessNonzero() else None
-        if self.method == "fcg":
-            res = fcg(op, bt, x0, M=M, **kw)
-        else:
-            res = cg(op, bt, x0, M=M, norm_type=_norm_name(ksp), **kw)
+        try:
+            if self.method == "fcg":
+                res = fcg(op, bt, x0, M=M, **kw)
+            else:
+                res = cg(op, bt, x0, M=M, norm_type=_norm_name(ksp), **kw)
+        finally:
+            if M is not None:
+                M.close()
+            op.close()
         xt.local.copy_(res.x.local)
         ksp.setIterationNumber(res.iterations)
         ksp.setResidualNorm(res.residual_norm)
@@ -641,3 +704,34 @@ class Jacobi(PC):
     """:class:`PC` with deepkrylov's Jacobi (``-pc_python_type deepkrylov.solvers.petsc.Jacobi``)."""
 
     default = "jacobi"
+
+
+# ---- running the plugins from a C program ---------------------------------------------------------------------
+def embedding_environment() -> dict:
+    """What a PETSc C program needs to run deepkrylov's plugins in the Python it embeds.
+
+    PETSc starts Python itself when given ``-python [executable]``: it runs that executable to find its
+    ``libpython`` and loads it. The embedded interpreter does not know it belongs to this virtual environment
+    (no ``sys.executable``), so this environment's ``site-packages`` and deepkrylov's source root go on
+    ``PYTHONPATH``. Returns ``{"PYTHONPATH": ..., "python": <this interpreter>}``; see
+    ``examples/petsc_plugin/README.md``.
+    """
+    import os
+    import sys
+    import sysconfig
+
+    import deepkrylov
+
+    paths = [sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"],
+             os.path.dirname(os.path.dirname(os.path.abspath(deepkrylov.__file__)))]
+    seen: list[str] = []
+    for p in paths + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]:
+        if p not in seen:
+            seen.append(p)
+    return {"PYTHONPATH": os.pathsep.join(seen), "python": sys.executable}
+
+
+if __name__ == "__main__":  # python -m deepkrylov.solvers.petsc  -> shell lines for running a PETSc C program
+    env = embedding_environment()
+    print(f"export PYTHONPATH={env['PYTHONPATH']}")
+    print(f"# then add to the PETSc program's options:  -python {env['python']}")

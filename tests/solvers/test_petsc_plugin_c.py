@@ -1,0 +1,85 @@
+"""A PETSc C program (examples/petsc_plugin/poisson.c) uses deepkrylov's CG and preconditioner through the options
+database only (``-python``, ``-ksp_type python``, ``-pc_type python``), serially and on 2 ranks; iteration counts
+and solutions equal PETSc's own KSPCG / PCJACOBI."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("petsc4py", reason="petsc4py is not installed (pip install deepkrylov[petsc] or scripts/setup.sh)")
+from deepkrylov.solvers.petsc import embedding_environment  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLE = ROOT / "examples" / "petsc_plugin"
+PETSC_DIR = os.environ.get("PETSC_DIR", "/usr/lib/petscdir/petsc3.18/x86_64-linux-gnu-real")
+
+pytestmark = [pytest.mark.petsc, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def driver(tmp_path_factory) -> Path:
+    if shutil.which("mpicc") is None or shutil.which("make") is None:
+        pytest.skip("mpicc or make is not installed")
+    if not Path(PETSC_DIR, "include", "petsc.h").exists():
+        pytest.skip(f"PETSc headers not found under PETSC_DIR={PETSC_DIR}")
+    build = tmp_path_factory.mktemp("petsc_plugin")
+    for name in ("poisson.c", "Makefile"):
+        shutil.copy(EXAMPLE / name, build / name)
+    out = subprocess.run(["make", f"PETSC_DIR={PETSC_DIR}"], cwd=build, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    return build / "poisson"
+
+
+def run(driver: Path, args: list[str], ranks: int = 1) -> dict:
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    emb = embedding_environment()
+    env["PYTHONPATH"] = emb["PYTHONPATH"]
+    cmd = [str(driver), *args, "-python", emb["python"]]
+    if ranks > 1:
+        if shutil.which("mpiexec") is None:
+            pytest.skip("mpiexec is not installed")
+        cmd = ["mpiexec", "-n", str(ranks), "--allow-run-as-root", "--oversubscribe", *cmd]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=180, env=env)
+    assert out.returncode == 0, f"{cmd}\nrc={out.returncode}\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
+    m = re.search(r"ksp_type (\S+) iterations (\d+) reason (\S+) residual (\S+) xnorm (\S+)", out.stdout)
+    assert m, out.stdout
+    return {"ksp": m[1], "its": int(m[2]), "reason": m[3], "rnorm": float(m[4]), "xnorm": float(m[5]),
+            "stdout": out.stdout}
+
+
+COMMON = ["-ksp_rtol", "1e-8", "-ksp_norm_type", "unpreconditioned"]
+
+
+@pytest.mark.parametrize("ranks", [1, 2])
+@pytest.mark.parametrize("dim,n", [(2, 24), (3, 10)])
+@pytest.mark.parametrize("pc", ["none", "jacobi"])
+def test_ksp_python_cg_equals_kspcg(driver, ranks, dim, n, pc):
+    args = ["-dim", str(dim), "-n", str(n), "-pc_type", pc, *COMMON]
+    ref = run(driver, args, ranks)
+    ours = run(driver, [*args, "-ksp_type", "python", "-ksp_python_type", "deepkrylov.solvers.petsc.CG"], ranks)
+    assert ref["ksp"] == "cg" and ours["ksp"] == "python"
+    assert ours["reason"] == ref["reason"] == "CONVERGED_RTOL"
+    assert abs(ours["its"] - ref["its"]) <= 1
+    assert ours["xnorm"] == pytest.approx(ref["xnorm"], rel=1e-7)
+
+
+@pytest.mark.parametrize("ranks", [1, 2])
+def test_pc_python_jacobi_equals_pcjacobi(driver, ranks):
+    args = ["-dim", "3", "-n", "10", *COMMON]
+    ref = run(driver, [*args, "-pc_type", "jacobi"], ranks)
+    ours = run(driver, [*args, "-pc_type", "python", "-pc_python_type", "deepkrylov.solvers.petsc.PC",
+                        "-deepkrylov_pc_type", "jacobi"], ranks)
+    assert ours["its"] == ref["its"] and ours["xnorm"] == pytest.approx(ref["xnorm"], rel=1e-10)
+
+
+def test_monitor_sees_every_iteration(driver):
+    out = run(driver, ["-dim", "2", "-n", "12", *COMMON, "-ksp_type", "python",
+                       "-ksp_python_type", "deepkrylov.solvers.petsc.CG", "-ksp_monitor"])
+    lines = re.findall(r"^\s*(\d+) KSP Residual norm", out["stdout"], flags=re.M)
+    assert [int(v) for v in lines] == list(range(out["its"] + 1))
