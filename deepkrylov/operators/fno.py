@@ -12,7 +12,6 @@ and crops afterwards. All weights are independent of the grid size: any resoluti
 
 from __future__ import annotations
 
-import itertools
 import math
 from typing import Sequence, Union
 
@@ -46,12 +45,10 @@ class SpectralConv(nn.Module):
             raise ValueError(f"dim must be 1, 2 or 3, but got {dim}")
         self.dim, self.in_channels, self.out_channels = dim, in_channels, out_channels
         self.modes = _tuple(modes, dim, "modes")
-        # one block per sign combination of the full axes (the last, rfft axis has non-negative frequencies only)
-        self.corners = list(itertools.product((0, 1), repeat=dim - 1))
+        # full axes keep frequencies 0..m-1 and -m..-1 (stored in that order), the rfft axis 0..m-1
         scale = 1.0 / (in_channels * out_channels)
-        self.weight = nn.Parameter(
-            scale * torch.rand(len(self.corners), in_channels, out_channels, *self.modes, 2)
-        )
+        shape = tuple(2 * m for m in self.modes[:-1]) + (self.modes[-1],)
+        self.weight = nn.Parameter(scale * torch.rand(in_channels, out_channels, *shape, 2))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         d = self.dim
@@ -69,19 +66,19 @@ class SpectralConv(nn.Module):
             )
         axes = tuple(range(-d, 0))
         xf = torch.fft.rfftn(x, dim=axes, norm="ortho")
-        out = torch.zeros(
-            x.shape[0], self.out_channels, *xf.shape[2:], dtype=xf.dtype, device=x.device
-        )
-        w = torch.view_as_complex(self.weight.to(x.dtype if x.dtype != torch.float16 else torch.float32).contiguous())
+        for a in range(d - 1):  # gather the kept frequencies into one contiguous block
+            m, ax = self.modes[a], 2 + a
+            xf = torch.cat([xf.narrow(ax, 0, m), xf.narrow(ax, sizes[a] - m, m)], dim=ax)
+        xf = xf.narrow(-1, 0, self.modes[-1]).contiguous()
+        w = torch.view_as_complex(self.weight.to(torch.promote_types(x.dtype, torch.float32)).contiguous())
         letters = "xyz"[:d]
-        eq = f"bi{letters},io{letters}->bo{letters}"
-        for c, corner in enumerate(self.corners):
-            idx = [slice(None), slice(None)]
-            for a, sign in enumerate(corner):
-                m = self.modes[a]
-                idx.append(slice(0, m) if sign == 0 else slice(sizes[a] - m, sizes[a]))
-            idx.append(slice(0, self.modes[-1]))
-            out[tuple(idx)] = torch.einsum(eq, xf[tuple(idx)], w[c])
+        out = torch.einsum(f"bi{letters},io{letters}->bo{letters}", xf, w)
+        out = F.pad(out, (0, sizes[-1] // 2 + 1 - self.modes[-1]))
+        for a in range(d - 1):  # scatter back, zeros in between
+            m, ax = self.modes[a], 2 + a
+            gap = list(out.shape)
+            gap[ax] = sizes[a] - 2 * m
+            out = torch.cat([out.narrow(ax, 0, m), out.new_zeros(gap), out.narrow(ax, m, m)], dim=ax)
         return torch.fft.irfftn(out, s=tuple(sizes), dim=axes, norm="ortho")
 
 

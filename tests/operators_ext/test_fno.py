@@ -32,7 +32,7 @@ def test_spectral_conv_multiplies_each_mode_by_its_weight():
     sc = SpectralConv(1, 1, 3, dim=1).double()
     n = 32
     x = torch.randn(1, 1, n, dtype=torch.float64)
-    R = torch.view_as_complex(sc.weight.detach()[0, 0, 0].contiguous())
+    R = torch.view_as_complex(sc.weight.detach()[0, 0].contiguous())
     xf = torch.fft.rfft(x)
     mult = torch.zeros(n // 2 + 1, dtype=torch.complex128)
     mult[:3] = R
