@@ -30,9 +30,11 @@ def axpy_(y: Vector, alpha: Any, x: Vector) -> Vector:
 
 
 def xpay_(y: Vector, alpha: Any, x: Vector) -> Vector:
-    """In place ``y = x + alpha * y``."""
-    y.mul_(alpha)
-    return y.add_(x)
+    """In place ``y = x + alpha * y`` in one pass over memory."""
+    if isinstance(y, GridTensor):
+        torch.add(x.local, y.local, alpha=alpha, out=y.local)
+        return y
+    return torch.add(x, y, alpha=alpha, out=y)
 
 
 def zeros_like(a: Vector) -> Vector:

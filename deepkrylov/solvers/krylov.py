@@ -138,7 +138,7 @@ def cg(
     t0 = time.perf_counter()
     with torch.no_grad():
         x, r, guess_zero = _start(A, b, x0)
-        z = r if plain else pc.apply(r)
+        z = r if plain else pc.apply_into(r, V.zeros_like(r))
         rz = V.dot(r, z)
         rz_f = float(rz)
 
@@ -180,7 +180,7 @@ def cg(
             alpha = rz_f / pAp
             V.axpy_(x, alpha, p)
             V.axpy_(r, -alpha, Ap)
-            z = r if plain else pc.apply(r)
+            z = r if plain else pc.apply_into(r, z)
             rz_new = float(V.dot(r, z))
             it += 1
             rnorm = measure(r, z, rz_new)

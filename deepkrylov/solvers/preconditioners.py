@@ -37,6 +37,15 @@ class Preconditioner:
     def apply(self, r: Any) -> Any:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def apply_into(self, r: Any, out: Any) -> Any:
+        """``out = M r`` into a preallocated ``out`` (saves an allocation per iteration); default: copy."""
+        z = self.apply(r)
+        if isinstance(out, GridTensor):
+            out.local.copy_(z.local)
+        else:
+            out.copy_(z)
+        return out
+
     def __call__(self, r: Any) -> Any:
         return self.apply(r)
 
@@ -114,6 +123,18 @@ class Jacobi(Preconditioner):
         self.inv_diag, self.is_setup = None, False
 
     def apply(self, r: Any) -> Any:
+        out = r.zeros_like() if isinstance(r, GridTensor) else torch.empty_like(r)
+        return self.apply_into(r, out)
+
+    def apply_into(self, r: Any, out: Any) -> Any:
+        inv = self._inv_for(r)
+        if isinstance(r, GridTensor):
+            torch.mul(r.local, inv, out=out.local)
+        else:
+            torch.mul(r, inv, out=out)
+        return out
+
+    def _inv_for(self, r: Any) -> torch.Tensor:
         if self.inv_diag is None:
             raise RuntimeError("Jacobi.apply before setup(A): pass the operator to Jacobi(A) or to the solver")
         if isinstance(r, GridTensor):
@@ -127,9 +148,9 @@ class Jacobi(Preconditioner):
                         else self.inv_diag.reshape(r.shape[1:])[(slice(None),) * (len(r.shape) - 1 - g.ndim)]
                     self._local_cache = (key, full[g.local_slices].contiguous())
                 inv = self._local_cache[1]
-            return r.with_local(r.local * _fit(inv, r.local))
+            return _fit(inv, r.local)
         inv = self.inv_diag.local if isinstance(self.inv_diag, GridTensor) else self.inv_diag
-        return r * _fit(inv, r)
+        return _fit(inv, r)
 
 
 def _fit(inv: torch.Tensor, like: torch.Tensor) -> torch.Tensor:

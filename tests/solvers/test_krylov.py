@@ -85,15 +85,16 @@ def test_matches_scipy_direct_solve(ctx, case, solver):
     np.testing.assert_array_equal(bt.numpy().ravel(), b.ravel())  # b not mutated
 
 
+@pytest.mark.parametrize("solver", list(SOLVERS))
 @pytest.mark.parametrize("case", ["2d-dirichlet", "3d-obstacle", "3d-periodic"])
-def test_gridtensor_same_as_serial(ctx, case):
+def test_gridtensor_same_as_serial(ctx, case, solver):
     """On 1, 2 or 4 ranks: the same iterates as a serial solve (solution to 1e-10, identical iteration count)."""
     shape, A, b, singular, mask = problem(case)
     grid = ProcessGrid(ctx, shape)
     full = torch.from_numpy(b).reshape(1, 1, *shape)
     op = MatrixOperator(A)
-    serial = cg(op, full, M=Jacobi(op), rtol=1e-10)
-    dist = cg(op, GridTensor.from_global(full, grid), M=Jacobi(op), rtol=1e-10)
+    serial = SOLVERS[solver](op, full, rtol=1e-10)
+    dist = SOLVERS[solver](op, GridTensor.from_global(full, grid), rtol=1e-10)
     assert dist.reason == serial.reason == ConvergedReason.CONVERGED_RTOL
     assert dist.iterations == serial.iterations
     x = dist.x.gather()
