@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["convert", "ResolutionState", "OperatorConv", "OperatorConvTranspose", "OperatorPool",
+__all__ = ["convert", "UNet", "converted_unet", "ResolutionState", "OperatorConv", "OperatorConvTranspose", "OperatorPool",
            "OperatorLayerNorm", "interpolation_matrix"]
 
 _KERNELS = ("constant", "linear")
@@ -376,3 +376,49 @@ def convert(
     new.register_forward_pre_hook(hook)
     new._operator_state = state  # type: ignore[assignment]
     return new
+
+
+class UNet(nn.Module):
+    """A plain torch.nn U-Net (3x3 conv + GroupNorm + GELU blocks, 2x max-pooling, 2x2 transposed-conv upsampling,
+    concatenated skips) -- an ordinary grid model, tied to nothing but ``2**depth``-divisible grids; the model that
+    ``converted_unet`` turns into an operator."""
+
+    def __init__(self, in_channels: int = 1, out_channels: int = 1, width: int = 16, depth: int = 3, dim: int = 2) -> None:
+        super().__init__()
+        if dim not in (1, 2, 3) or depth < 1 or width < 1:
+            raise ValueError(f"need dim in (1, 2, 3), depth >= 1, width >= 1, but got {dim}, {depth}, {width}")
+        Conv = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}[dim]
+        ConvT = {1: nn.ConvTranspose1d, 2: nn.ConvTranspose2d, 3: nn.ConvTranspose3d}[dim]
+        Pool = {1: nn.MaxPool1d, 2: nn.MaxPool2d, 3: nn.MaxPool3d}[dim]
+
+        def block(cin: int, cout: int) -> nn.Module:
+            return nn.Sequential(
+                Conv(cin, cout, 3, padding=1), nn.GroupNorm(min(4, cout), cout), nn.GELU(),
+                Conv(cout, cout, 3, padding=1), nn.GELU(),
+            )
+
+        chans = [width * 2**i for i in range(depth + 1)]
+        self.depth = depth
+        self.inc = block(in_channels, chans[0])
+        self.down = nn.ModuleList(block(chans[i], chans[i + 1]) for i in range(depth))
+        self.pool = Pool(2)
+        self.up = nn.ModuleList(ConvT(chans[i + 1], chans[i], 2, stride=2) for i in reversed(range(depth)))
+        self.dec = nn.ModuleList(block(2 * chans[i], chans[i]) for i in reversed(range(depth)))
+        self.out = Conv(chans[0], out_channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        skips = [self.inc(x)]
+        for down in self.down:
+            skips.append(down(self.pool(skips[-1])))
+        h = skips.pop()
+        for up, dec in zip(self.up, self.dec):
+            h = dec(torch.cat([skips.pop(), up(h)], dim=1))
+        return self.out(h)
+
+
+def converted_unet(
+    in_channels: int = 1, out_channels: int = 1, width: int = 16, depth: int = 3,
+    resolution: Sequence[int] = (64, 64), kernel: str = "constant",
+) -> nn.Module:
+    """A :class:`UNet` converted into a neural operator trained at ``resolution`` (the ``converted-unet`` model)."""
+    return convert(UNet(in_channels, out_channels, width, depth, dim=len(tuple(resolution))), resolution, kernel)

@@ -177,3 +177,15 @@ class _Named(nn.Module):
         self.conv = nn.Conv2d(1, 2, 3)
         self.body = nn.Module()
         self.body.emb = nn.Embedding(4, 2)
+
+
+def test_converted_unet_builder_loads_a_plain_unet():
+    from deepkrylov.operators.convert import UNet, converted_unet
+
+    torch.manual_seed(4)
+    unet = _trained(UNet(1, 2, width=4, depth=2))
+    op = converted_unet(1, 2, width=4, depth=2, resolution=(16, 16)).double().eval()
+    op.load_state_dict(unet.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(op(_field(16)), unet(_field(16)), rtol=0, atol=1e-12)
+        assert op(_field(32)).shape == (1, 2, 32, 32)
