@@ -11,17 +11,36 @@ from deepkrylov.distributed import GridTensor
 Vector = Union[torch.Tensor, GridTensor]
 
 
+def _flat(t: torch.Tensor) -> torch.Tensor:
+    return t.reshape(-1)
+
+
 def dot(a: Vector, b: Vector) -> torch.Tensor:
-    """Global inner product as a 0-dim tensor (an all-reduce for GridTensors)."""
+    """Global inner product as a 0-dim tensor (an all-reduce for GridTensors).
+
+    One pass over memory (``vdot``, no temporary); the solvers run without autograd, so the all-reduce is the
+    communicator's in-place one rather than GridTensor.dot's differentiable one.
+    """
     if isinstance(a, GridTensor):
-        return a.dot(b)
-    return torch.vdot(a.reshape(-1), b.reshape(-1))
+        if not isinstance(b, GridTensor) or b.grid is not a.grid and b.grid != a.grid:
+            raise ValueError(f"dot: mismatched operands {describe(a)} and {describe(b)}")
+        if torch.is_grad_enabled() and (a.requires_grad or b.requires_grad):
+            return a.dot(b)
+        part = torch.vdot(_flat(a.local), _flat(b.local)).reshape(1)
+        if a.grid.size > 1:
+            a.grid.comm.allreduce_(part)
+        return part.reshape(())
+    return torch.vdot(_flat(a), _flat(b))
 
 
 def norm(a: Vector) -> torch.Tensor:
     if isinstance(a, GridTensor):
-        return a.norm()
-    return torch.linalg.vector_norm(a.reshape(-1))
+        if torch.is_grad_enabled() and a.requires_grad:
+            return a.norm()
+        if a.grid.size == 1:
+            return torch.linalg.vector_norm(_flat(a.local))
+        return torch.sqrt(dot(a, a))
+    return torch.linalg.vector_norm(_flat(a))
 
 
 def axpy_(y: Vector, alpha: Any, x: Vector) -> Vector:

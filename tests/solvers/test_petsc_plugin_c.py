@@ -78,6 +78,14 @@ def test_pc_python_jacobi_equals_pcjacobi(driver, ranks):
     assert ours["its"] == ref["its"] and ours["xnorm"] == pytest.approx(ref["xnorm"], rel=1e-10)
 
 
+def test_default_preconditioned_norm(driver):
+    """Without -ksp_norm_type both use PETSc's default for CG (the preconditioned norm)."""
+    args = ["-dim", "2", "-n", "20", "-pc_type", "jacobi"]
+    ref = run(driver, args)
+    ours = run(driver, [*args, "-ksp_type", "python", "-ksp_python_type", "deepkrylov.solvers.petsc.CG"])
+    assert ours["its"] == ref["its"] and ours["rnorm"] == pytest.approx(ref["rnorm"], rel=1e-6)
+
+
 def test_monitor_sees_every_iteration(driver):
     out = run(driver, ["-dim", "2", "-n", "12", *COMMON, "-ksp_type", "python",
                        "-ksp_python_type", "deepkrylov.solvers.petsc.CG", "-ksp_monitor"])
