@@ -7,10 +7,13 @@ This module is the whole public solvers API::
     res = cg(A, b, M=Jacobi(A), rtol=1e-8)     # A: a LinearOperator; b: tensor or GridTensor
     res.x, res.iterations, res.reason, res.residual_norms, res.wall_time
 
+    solver = KrylovSolver("cg", M=Jacobi(), rtol=1e-8).setup(A)   # set up once, solve many
+    res = solver.solve(b, raise_on_failure=True)
+
 PETSc interop (petsc4py, imported lazily) lives in :mod:`deepkrylov.solvers.petsc`.
 """
 
-from .krylov import cg, check_system, fcg, gmres, pcg
+from .krylov import KrylovSolver, cg, check_system, fcg, gmres, pcg
 from .matrix import FunctionOperator, LinearOperator, MatrixOperator, aslinearoperator
 from .preconditioners import CallablePreconditioner, Identity, Jacobi, Preconditioner, as_preconditioner
 from .result import ConvergedReason, SolveResult, SolverError
@@ -19,7 +22,7 @@ from .stopping import NORM_TYPES, StoppingCriterion
 SOLVERS = {"cg": cg, "pcg": pcg, "fcg": fcg, "gmres": gmres}
 
 __all__ = [
-    "cg", "pcg", "fcg", "gmres", "check_system", "SOLVERS",
+    "cg", "pcg", "fcg", "gmres", "check_system", "SOLVERS", "KrylovSolver",
     "LinearOperator", "MatrixOperator", "FunctionOperator", "aslinearoperator",
     "Preconditioner", "Identity", "Jacobi", "CallablePreconditioner", "as_preconditioner",
     "ConvergedReason", "SolveResult", "SolverError",

@@ -28,7 +28,7 @@ from .preconditioners import Preconditioner, as_preconditioner
 from .result import ConvergedReason, SolveResult
 from .stopping import NORM_TYPES, StoppingCriterion
 
-__all__ = ["cg", "pcg", "fcg", "gmres", "check_system"]
+__all__ = ["cg", "pcg", "fcg", "gmres", "check_system", "KrylovSolver"]
 
 Callback = Callable[[int, float], None]
 
@@ -355,3 +355,61 @@ def gmres(
                 hist[-1] = beta
                 reason = stop.check(it, beta)
     return _result(x, it, hist, reason, t0, msg, norm_type="unpreconditioned", reference_norm=stop.ref_norm)
+
+
+_METHODS = {"cg": cg, "pcg": pcg, "fcg": fcg, "gmres": gmres}
+
+
+class KrylovSolver:
+    """Set up once, solve many times (lineax/PETSc style).
+
+    Tolerances and options are validated when the solver is constructed; :meth:`setup` checks the operator (and
+    CG's structural requirements) and prepares the preconditioner once; :meth:`solve` runs on a right-hand side.
+
+    Example::
+
+        solver = KrylovSolver("cg", M=Jacobi(), rtol=1e-8).setup(A)
+        for b in rhs_list:
+            res = solver.solve(b)
+    """
+
+    def __init__(self, method: str = "cg", *, M: Any = None, rtol: float = 1e-5, atol: float = 1e-50,
+                 max_it: int = 10000, dtol: float = 1e5, **options: Any) -> None:
+        if method not in _METHODS:
+            raise ValueError(f"method must be one of {tuple(_METHODS)}, but got {method!r}")
+        StoppingCriterion(rtol=rtol, atol=atol, dtol=dtol, max_it=max_it, reference=options.get("reference", "rhs"))
+        if "norm_type" in options and options["norm_type"] not in NORM_TYPES:
+            raise ValueError(f"norm_type must be one of {NORM_TYPES}, but got {options['norm_type']!r}")
+        self.method = method
+        self.tolerances = dict(rtol=rtol, atol=atol, max_it=max_it, dtol=dtol)
+        self.options = options
+        self._M = M
+        self._pc: Optional[Preconditioner] = None
+        self.A: Any = None
+
+    def setup(self, A: Any) -> "KrylovSolver":
+        """Validate ``A`` and set the preconditioner up for it. Returns self."""
+        if _is_raw_matrix(A) or not (hasattr(A, "apply") and callable(A.apply)):
+            check_system(A, torch.zeros(1))  # raises the informative TypeError
+        if self.method in ("cg", "pcg", "fcg") and getattr(A, "is_symmetric", None) is False:
+            raise ValueError(f"{self.method} needs a symmetric operator, but {type(A).__name__} reports "
+                             "is_symmetric=False; use gmres")
+        self.A = A
+        M = self._M
+        if M is None and self.method == "pcg":
+            from .preconditioners import Jacobi
+
+            M = Jacobi()
+        self._pc = None if M is None else _setup_pc(M, A)
+        return self
+
+    def solve(self, b: Any, x0: Any = None, *, raise_on_failure: bool = False) -> SolveResult:
+        """Solve ``A x = b``; with ``raise_on_failure`` a diverged result raises :class:`SolverError`."""
+        if self.A is None:
+            raise RuntimeError("KrylovSolver.solve before setup(A)")
+        fn = cg if self.method == "pcg" else _METHODS[self.method]
+        res = fn(self.A, b, x0, M=self._pc, **self.tolerances, **self.options)
+        return res.raise_if_failed() if raise_on_failure else res
+
+    def __repr__(self) -> str:
+        return f"KrylovSolver({self.method!r}, M={self._pc!r}, {self.tolerances})"

@@ -68,7 +68,7 @@ class StoppingCriterion:
             return ConvergedReason.DIVERGED_NANORINF
         if rnorm <= self.ttol:
             return ConvergedReason.CONVERGED_ATOL if rnorm < self.atol else ConvergedReason.CONVERGED_RTOL
-        if it > 0 and rnorm >= self.dtol * self.ref_norm:
+        if rnorm >= self.dtol * self.ref_norm:
             return ConvergedReason.DIVERGED_DTOL
         if it >= self.max_it:
             return ConvergedReason.DIVERGED_ITS

@@ -12,7 +12,8 @@ import torch
 
 from deepkrylov.distributed import GridTensor, ProcessGrid
 from deepkrylov.solvers import (
-    ConvergedReason, FunctionOperator, Jacobi, MatrixOperator, SolveResult, SolverError, cg, fcg, gmres, pcg,
+    ConvergedReason, FunctionOperator, Jacobi, KrylovSolver, MatrixOperator, SolveResult, SolverError, cg, fcg, gmres,
+    pcg,
 )
 
 from .problems import laplacian, rhs, sphere_mask
@@ -240,6 +241,25 @@ def test_flexible_cg_with_changing_preconditioner():
     res = fcg(op, bt, M=varying, rtol=1e-10, max_it=2000)
     assert res.converged
     assert relerr(res.x.numpy().ravel(), reference(A, b, False, None)) < 1e-8
+
+
+def test_krylov_solver_setup_once_solve_many():
+    shape, A, b, _, _ = problem("2d-dirichlet")
+    op = MatrixOperator(A)
+    bt = torch.from_numpy(b).reshape(1, 1, *shape)
+    with pytest.raises(ValueError, match="rtol"):
+        KrylovSolver("cg", rtol=-1.0)
+    with pytest.raises(ValueError, match="method"):
+        KrylovSolver("bicg")
+    solver = KrylovSolver("cg", M=Jacobi(), rtol=1e-9).setup(op)
+    one = solver.solve(bt)
+    two = solver.solve(2.0 * bt)
+    assert one.iterations == two.iterations == cg(op, bt, M=Jacobi(op), rtol=1e-9).iterations
+    torch.testing.assert_close(two.x, 2.0 * one.x)
+    with pytest.raises(SolverError, match="DIVERGED_ITS"):
+        KrylovSolver("gmres", max_it=3).setup(op).solve(bt, raise_on_failure=True)
+    with pytest.raises(TypeError, match="MatrixOperator"):
+        KrylovSolver("cg").setup(A)
 
 
 def test_cg_iteration_count_bounded_by_n():

@@ -186,6 +186,18 @@ def test_petsc_mat_operator_in_our_solvers(mpi_ctx):
     mat.destroy()
 
 
+def test_divergence_tolerance_like_petsc(mpi_ctx):
+    """A huge initial guess: the residual exceeds dtol * ||b|| already at iteration 0, in PETSc and here."""
+    A, b, grid, full, bt = _setup(mpi_ctx, (8, 9))
+    x0 = bt.zeros_like().map(lambda t: t + 1e6)
+    base = P.petsc_solve(A, bt, x0, pc_type="none", dtol=10.0)
+    mat = P.assemble_aij(A, grid)
+    ours = cg(P.PetscMatOperator(mat, grid), bt, x0, dtol=10.0)
+    assert base.reason == ours.reason == ConvergedReason.DIVERGED_DTOL
+    assert base.iterations == ours.iterations == 0
+    mat.destroy()
+
+
 def test_bad_inputs(mpi_ctx):
     A, b, grid, full, bt = _setup(mpi_ctx, (8, 8))
     with pytest.raises(ValueError, match="pc_type"):
