@@ -310,8 +310,11 @@ def _convert_module(
     if isinstance(mod, nn.modules.conv._ConvNd):
         if any(d != 1 for d in mod.dilation):
             raise ValueError(f"cannot convert {label}: dilated convolutions are not supported")
-        if mod.padding == "valid" or (isinstance(mod.padding, str) and any(s != 1 for s in mod.stride)):
-            raise ValueError(f"cannot convert {label}: padding {mod.padding!r} with stride {mod.stride}")
+        if isinstance(mod.padding, str) and (mod.padding == "valid" or any(k % 2 == 0 for k in mod.kernel_size)):
+            raise ValueError(
+                f"cannot convert {label}: padding {mod.padding!r} with kernel {mod.kernel_size} shrinks or shifts the "
+                f"grid; use symmetric integer padding"
+            )
         return OperatorConv(mod, state, kernel)
     if isinstance(mod, _POOLS):
         if getattr(mod, "ceil_mode", False) or getattr(mod, "dilation", 1) not in (1, (1,) * nd):
