@@ -4,7 +4,9 @@ Each layer is ``u <- act(MgConv(u) + Conv1x1(u))``. ``MgConv`` is one multi-chan
 untied convolutions: on the finest level ``u = S f``, smoothing steps ``u <- u + S (f - A u)`` (3x3 ``A`` and
 ``S``), restriction of ``f`` and ``u`` by 3x3 stride-2 convolutions, smoothing on every level, and on the way up
 the 4x4 stride-2 transposed-convolution prolongation ``u_l <- u_l + P(u_{l+1})`` (then optional post-smoothing).
-The padding mode is the boundary condition: ``zeros`` (Dirichlet), ``circular`` (periodic), ``reflect``.
+The padding mode is the boundary condition: ``zeros`` (Dirichlet), ``circular`` (periodic), ``reflect``. It
+applies to the smoothing and restriction convolutions; the prolongation is a zero-padded transposed convolution
+in every mode, as in the authors' code.
 
 No layer depends on the grid size, so the same weights run at every resolution divisible by ``2**(levels-1)``.
 All convolutions are :mod:`deepkrylov.distributed` Halo layers: the model accepts a plain tensor or a
