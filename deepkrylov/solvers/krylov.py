@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 import time
 from collections import deque
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Union
 
 import numpy as np
 import torch
@@ -104,7 +104,7 @@ def _result(x: Any, it: int, hist: list, reason: ConvergedReason, t0: float, msg
 def cg(
     A: Any, b: Any, x0: Any = None, *, M: Any = None, rtol: float = 1e-5, atol: float = 1e-50,
     max_it: int = 10000, dtol: float = 1e5, norm_type: str = "unpreconditioned", reference: str = "rhs",
-    callback: Optional[Callback] = None,
+    callback: Optional[Callback] = None, fused: Union[bool, str] = False,
 ) -> SolveResult:
     """(Preconditioned) conjugate gradients for a symmetric positive definite ``A`` (and SPD ``M``).
 
@@ -120,8 +120,14 @@ def cg(
         norm_type: one of ``unpreconditioned | preconditioned | natural``.
         reference: ``rhs`` (PETSc default), ``initial`` (``-ksp_converged_use_initial_residual_norm``) or ``min``.
         callback: called as ``callback(it, rnorm)`` after every iteration (and at 0).
+        fused: with ``M`` None or :class:`Jacobi`, do ``x += a p; r -= a Ap; z = D^-1 r`` and the three
+            reductions ``(r,z), (r,r), (z,z)`` in one pass and one all-reduce: ``"eager"`` (plain torch ops, one
+            all-reduce), ``True``/``"compile"`` (one ``torch.compile``-generated loop; compiles once per shape and
+            dtype, seconds). Same iterates up to rounding.
     """
     stop = StoppingCriterion(rtol=rtol, atol=atol, dtol=dtol, max_it=max_it, reference=reference)
+    if fused not in (False, True, "eager", "compile"):
+        raise ValueError(f"fused must be False, True, 'eager' or 'compile', but got {fused!r}")
     if norm_type not in NORM_TYPES:
         raise ValueError(f"norm_type must be one of {NORM_TYPES}, but got {norm_type!r}")
     check_system(A, b, x0)
@@ -167,6 +173,7 @@ def cg(
             return _result(x, 0, hist, reason, t0, _nonfinite_message(b))
         p = V.clone(z)
         it = 0
+        step = _fused_step(pc, plain, x, r, z, fused) if fused else None
         while reason is None:
             Ap = A.apply(p)
             pAp = float(V.dot(p, Ap))
@@ -178,12 +185,18 @@ def cg(
                                f"p.Ap = {pAp:.3e} <= 0 at iteration {it + 1}: the operator is not positive definite; "
                                "use gmres (or fix the sign or boundary conditions)")
             alpha = rz_f / pAp
-            V.axpy_(x, alpha, p)
-            V.axpy_(r, -alpha, Ap)
-            z = r if plain else pc.apply_into(r, z)
-            rz_new = float(V.dot(r, z))
-            it += 1
-            rnorm = measure(r, z, rz_new)
+            if step is not None:
+                rz_new, rr, zz = step(p, Ap, alpha)
+                rnorm = math.sqrt(rr) if norm_type == "unpreconditioned" else (
+                    math.sqrt(zz) if norm_type == "preconditioned" else (math.sqrt(rz_new) if rz_new >= 0 else float("nan")))
+                it += 1
+            else:
+                V.axpy_(x, alpha, p)
+                V.axpy_(r, -alpha, Ap)
+                z = r if plain else pc.apply_into(r, z)
+                rz_new = float(V.dot(r, z))
+                it += 1
+                rnorm = measure(r, z, rz_new)
             hist.append(rnorm)
             if callback is not None:
                 callback(it, rnorm)
@@ -199,6 +212,63 @@ def cg(
             V.xpay_(p, beta, z)
     msg = "the operator or preconditioner produced NaN or Inf" if reason == ConvergedReason.DIVERGED_NANORINF else ""
     return _result(x, it, hist, reason, t0, msg, norm_type=norm_type, reference_norm=stop.ref_norm)
+
+
+def _update_eager(x, r, p, Ap, dinv, z, alpha: float) -> torch.Tensor:  # type: ignore[no-untyped-def]
+    x.add_(p, alpha=alpha)
+    r.sub_(Ap, alpha=alpha)
+    if dinv is None:
+        rr = torch.vdot(r.reshape(-1), r.reshape(-1))
+        return torch.stack([rr, rr, rr])
+    torch.mul(r, dinv, out=z)
+    fr, fz = r.reshape(-1), z.reshape(-1)
+    return torch.stack([torch.vdot(fr, fz), torch.vdot(fr, fr), torch.vdot(fz, fz)])
+
+
+def _update_expr(x, r, p, Ap, dinv, z, alpha: torch.Tensor) -> torch.Tensor:  # type: ignore[no-untyped-def]
+    # alpha is a 0-dim tensor so that a new value does not trigger a recompilation
+    x.add_(p * alpha)
+    r.sub_(Ap * alpha)
+    if dinv is None:
+        rr = (r * r).sum()
+        return torch.stack([rr, rr, rr])
+    torch.mul(r, dinv, out=z)
+    return torch.stack([(r * z).sum(), (r * r).sum(), (z * z).sum()])
+
+
+_COMPILED: dict = {}
+
+
+def _compiled_update() -> Callable:
+    if "update" not in _COMPILED:
+        _COMPILED["update"] = torch.compile(_update_expr, dynamic=False)
+    return _COMPILED["update"]
+
+
+def _fused_step(pc: Preconditioner, plain: bool, x: Any, r: Any, z: Any, mode: Union[bool, str]) -> Callable:
+    """The fused CG update for M = None or Jacobi: returns ``step(p, Ap, alpha) -> (r.z, r.r, z.z)``."""
+    from .preconditioners import Jacobi
+
+    if not plain and not isinstance(pc, Jacobi):
+        raise ValueError(f"fused CG supports M=None or Jacobi, but got {type(pc).__name__}; use fused=False")
+    grid = x.grid if isinstance(x, GridTensor) else None
+    loc = (lambda v: v.local) if grid is not None else (lambda v: v)
+    dinv = None if plain else pc._inv_for(r).to(dtype=loc(r).dtype).expand_as(loc(r)).contiguous()
+    kernel = _update_eager if mode == "eager" else _compiled_update()
+    xl, rl, zl = loc(x), loc(r), loc(z)
+
+    compiled = mode != "eager"
+
+    def step(p: Any, Ap: Any, alpha: float) -> tuple[float, float, float]:
+        a_ = torch.tensor(alpha, dtype=xl.dtype, device=xl.device) if compiled else alpha
+        parts = kernel(xl, rl, loc(p), loc(Ap), dinv, zl, a_)
+        if grid is not None and grid.size > 1:
+            parts = parts.reshape(3).clone()
+            grid.comm.allreduce_(parts)
+        a, b_, c = parts.tolist()
+        return a, b_, c
+
+    return step
 
 
 def pcg(A: Any, b: Any, x0: Any = None, *, M: Any = None, **kwargs: Any) -> SolveResult:

@@ -243,6 +243,24 @@ def test_flexible_cg_with_changing_preconditioner():
     assert relerr(res.x.numpy().ravel(), reference(A, b, False, None)) < 1e-8
 
 
+@pytest.mark.parametrize("fused", ["eager", pytest.param("compile", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("norm_type", ["unpreconditioned", "preconditioned", "natural"])
+@pytest.mark.parametrize("jacobi", [False, True])
+def test_fused_cg_same_iterates(ctx, fused, norm_type, jacobi):
+    shape, A, b, singular, mask = problem("3d-obstacle")
+    grid = ProcessGrid(ctx, shape)
+    op = MatrixOperator(A)
+    bt = GridTensor.from_global(torch.from_numpy(b).reshape(1, 1, *shape), grid)
+    M = Jacobi(op) if jacobi else None
+    ref = cg(op, bt, M=M, rtol=1e-10, norm_type=norm_type)
+    res = cg(op, bt, M=M, rtol=1e-10, norm_type=norm_type, fused=fused)
+    assert res.iterations == ref.iterations and res.reason == ref.reason
+    np.testing.assert_allclose(res.residual_norms, ref.residual_norms, rtol=1e-8)
+    torch.testing.assert_close(res.x.local, ref.x.local, rtol=1e-9, atol=1e-12)
+    with pytest.raises(ValueError, match="fused"):
+        cg(op, bt, M=lambda r: r, fused="eager")
+
+
 def test_krylov_solver_setup_once_solve_many():
     shape, A, b, _, _ = problem("2d-dirichlet")
     op = MatrixOperator(A)
