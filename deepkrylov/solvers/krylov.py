@@ -9,6 +9,11 @@ One signature for all::
 ``(batch, channels, *spatial)`` or ``(n,)``, or a :class:`~deepkrylov.distributed.GridTensor` (every reduction is
 then global over the ranks). The stopping test is PETSc's (:mod:`deepkrylov.solvers.stopping`), and the
 iteration count is the number of solution updates, as in PETSc, so counts compare one to one with ``KSPCG``.
+A batch (``batch > 1``) is solved as one block-diagonal system: the reductions run over the whole batch.
+
+Work per CG iteration: one operator and one preconditioner application, two reductions (one all-reduce each on
+several ranks; ``fused=`` merges the update's reductions into one), and in-place vector updates; no host
+round trips besides the scalars the stopping test needs, so CUDA tensors stay on the device.
 """
 
 from __future__ import annotations
