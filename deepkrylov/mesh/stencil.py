@@ -1,0 +1,227 @@
+"""Stencil operators on structured grids: ``-div(k grad u)`` (the Laplacian when ``k = 1``), cell-centred.
+
+Discretisation (3, 5 or 7 points): the flux through the face between cells ``i`` and ``j`` along axis ``a`` is
+``t_ij (u_i - u_j)`` with ``t_ij = 2 k_i k_j / (k_i + k_j) / h_a^2`` (harmonic mean of the cell coefficients).
+Boundary and mask rules, for a fluid cell ``i``:
+
+- neighbour fluid: an unknown (off-diagonal ``-t_ij``, diagonal ``+t_ij``);
+- neighbour SOLID, or a Neumann domain face: no flux, nothing added;
+- neighbour EMPTY (air): zero pressure at its centre, diagonal ``+t_ij``;
+- Dirichlet domain face: zero value on the face (ghost ``-u_i``), diagonal ``+2 k_i / h_a^2``;
+- periodic axes wrap.
+
+Cells that are not fluid are not unknowns: their rows are the identity, so ``apply`` returns ``x`` there and right-
+hand sides should be zero there. With no Dirichlet face and no empty cell the operator is singular with the
+constant (on fluid cells) as null space; :meth:`DiffusionOperator.project` removes it from a right-hand side.
+With ``scaled=False`` spacings are taken as 1, which gives the integer pressure matrix of fluid simulation.
+
+The matrix-free :meth:`~DiffusionOperator.apply` (tensor or GridTensor, with one halo exchange) and
+:meth:`~DiffusionOperator.to_scipy` (CSR in C order, x fastest: PETSc DMDA's natural ordering) use the same
+coefficient arrays, so they give the same numbers.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional, Union
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+import torch.nn.functional as F
+
+from deepkrylov.distributed import GridTensor
+
+from .boundary import BoundaryConditions
+from .grid import StructuredGrid
+from .masks import EMPTY, FLUID
+from .operator import LinearOperator
+
+__all__ = ["DiffusionOperator", "laplacian"]
+
+Field = Union[torch.Tensor, GridTensor]
+
+
+class DiffusionOperator(LinearOperator):
+    """``-div(k grad u)`` on ``grid`` with boundary conditions, an optional cell mask and cell coefficients ``k``.
+
+    Args:
+        grid: the structured grid.
+        bc: boundary conditions (default: Dirichlet on every face).
+        coefficient: positive cell values ``k`` (a number or a tensor of the grid's shape); default 1.
+        mask: cell kinds (FLUID/SOLID/EMPTY), a tensor of the grid's shape; default all fluid.
+        scaled: divide by the squared spacing (True) or take spacings as 1 (False).
+        dtype, device: of the coefficients and of ``apply``'s arithmetic.
+    """
+
+    is_symmetric = True
+
+    def __init__(
+        self, grid: StructuredGrid, bc: Optional[BoundaryConditions] = None, coefficient: Any = None,
+        mask: Optional[torch.Tensor] = None, *, scaled: bool = True, dtype: torch.dtype = torch.float64,
+        device: Union[str, torch.device, None] = None,
+    ) -> None:
+        if not isinstance(grid, StructuredGrid):
+            raise TypeError(f"grid must be a StructuredGrid, but got {type(grid).__name__}")
+        bc = bc if bc is not None else BoundaryConditions.uniform(grid.ndim, "dirichlet")
+        if bc.ndim != grid.ndim:
+            raise ValueError(f"boundary conditions are for {bc.ndim} axes but the grid has {grid.ndim}")
+        self.grid, self.bc, self.scaled = grid, bc, scaled
+        self.dtype, self.device = dtype, torch.device(device) if device is not None else torch.device("cpu")
+        n = grid.size
+        self.shape = (n, n)
+        k = torch.as_tensor(1.0 if coefficient is None else coefficient, dtype=torch.float64)
+        k = k.expand(grid.shape).clone() if k.dim() == 0 else k.to(torch.float64)
+        if tuple(k.shape) != grid.shape:
+            raise ValueError(f"coefficient must be a number or have the grid's shape {grid.shape}, got {tuple(k.shape)}")
+        if not bool(torch.isfinite(k).all()) or bool((k <= 0).any()):
+            raise ValueError("coefficient must be finite and positive everywhere")
+        if mask is None:
+            mask = torch.full(grid.shape, FLUID, dtype=torch.uint8)
+        mask = torch.as_tensor(mask)
+        if tuple(mask.shape) != grid.shape:
+            raise ValueError(f"mask has shape {tuple(mask.shape)}, but the grid has shape {grid.shape}")
+        fluid = mask == FLUID
+        if not bool(fluid.any()):
+            raise ValueError("the mask leaves no unknowns: no cell is FLUID")
+        self.mask, self.fluid = mask, fluid
+        self.coefficient = k
+        diag, weights = self._assemble(k, fluid, mask == EMPTY)
+        self._diag = diag.to(dtype=dtype, device=self.device)
+        self._weights = [(lo.to(dtype=dtype, device=self.device), hi.to(dtype=dtype, device=self.device)) for lo, hi in weights]
+        rowsum = (diag - sum(lo + hi for lo, hi in weights))[fluid]
+        self.singular = bool(rowsum.abs().max() <= 1e-12 * diag[fluid].abs().max())
+        self.is_positive_definite = None if self.singular else True
+        self._local: dict = {}
+
+    # ---- assembly of the coefficient arrays (global, float64) -----------------------------------------------
+    def _assemble(self, k: torch.Tensor, fluid: torch.Tensor, empty: torch.Tensor):  # type: ignore[no-untyped-def]
+        grid, bc = self.grid, self.bc
+        diag = torch.zeros(grid.shape, dtype=torch.float64)
+        weights = []
+        for a in range(grid.ndim):
+            h2 = grid.spacing[a] ** 2 if self.scaled else 1.0
+            n = grid.shape[a]
+            idx = torch.arange(n).view([-1 if b == a else 1 for b in range(grid.ndim)]).expand(grid.shape)
+            pair = []
+            for side, step in (("lo", 1), ("hi", -1)):  # roll by +1: the lower neighbour; by -1: the upper
+                k_nb = torch.roll(k, step, a)
+                t = 2 * k * k_nb / (k + k_nb) / h2
+                at_edge = idx == (0 if side == "lo" else n - 1)
+                kind = bc.faces[a][0 if side == "lo" else 1]
+                if kind == "periodic":
+                    at_edge = torch.zeros_like(at_edge)
+                nb_fluid = torch.roll(fluid, step, a) & ~at_edge
+                nb_empty = torch.roll(empty, step, a) & ~at_edge
+                w = torch.where(fluid & nb_fluid, t, torch.zeros_like(t))
+                diag += w
+                diag += torch.where(fluid & nb_empty, t, torch.zeros_like(t))
+                if kind == "dirichlet":
+                    diag += torch.where(fluid & at_edge, 2 * k / h2, torch.zeros_like(t))
+                pair.append(w)
+            weights.append((pair[0], pair[1]))
+        diag = torch.where(fluid, diag, torch.ones_like(diag))
+        return diag, weights
+
+    # ---- matrix-free application ----------------------------------------------------------------------------
+    def _mode(self) -> str:
+        return "circular" if self.bc.any_periodic else "zeros"
+
+    def _coefficients_for(self, x: Field) -> tuple[torch.Tensor, list]:
+        if isinstance(x, GridTensor):
+            if x.grid.global_shape != self.grid.shape:
+                raise ValueError(
+                    f"the field lives on a grid of shape {x.grid.global_shape}, but the operator on {self.grid.shape}"
+                )
+            key = (x.grid, x.dtype, x.device)
+            if key not in self._local:
+                sl = x.grid.local_slices
+                self._local[key] = (
+                    self._diag[sl].to(device=x.device, dtype=x.dtype).contiguous(),
+                    [(lo[sl].to(device=x.device, dtype=x.dtype).contiguous(), hi[sl].to(device=x.device, dtype=x.dtype).contiguous())
+                     for lo, hi in self._weights],
+                )
+            return self._local[key]
+        if tuple(x.shape[-self.grid.ndim:]) != self.grid.shape or x.dim() < self.grid.ndim:
+            raise ValueError(f"field of shape {tuple(x.shape)} does not end with the grid's shape {self.grid.shape}")
+        key = ("whole", x.dtype, x.device)
+        if key not in self._local:
+            self._local[key] = (
+                self._diag.to(device=x.device, dtype=x.dtype), [(lo.to(device=x.device, dtype=x.dtype), hi.to(device=x.device, dtype=x.dtype))
+                                                          for lo, hi in self._weights],
+            )
+        return self._local[key]
+
+    def _pad(self, x: torch.Tensor) -> torch.Tensor:
+        nd = self.grid.ndim
+        lead = x.shape[:-nd]
+        y = x.reshape((-1, 1) + self.grid.shape)
+        mode = "circular" if self.bc.any_periodic else "constant"
+        return F.pad(y, (1, 1) * nd, mode=mode).reshape(lead + tuple(s + 2 for s in self.grid.shape))
+
+    def apply(self, x: Field) -> Field:
+        """``A x`` matrix-free: one halo exchange (GridTensor) or one padding, then the stencil."""
+        diag, weights = self._coefficients_for(x)
+        nd = self.grid.ndim
+        if isinstance(x, GridTensor):
+            p, local = x.halo(1, self._mode()), x.local
+        else:
+            p, local = self._pad(x), x
+        y = diag * local
+        for a, (lo, hi) in enumerate(weights):
+            def shifted(start: int) -> torch.Tensor:
+                idx = [slice(None)] * (p.dim() - nd) + [slice(1, -1)] * nd
+                idx[p.dim() - nd + a] = slice(start, start + local.shape[local.dim() - nd + a])
+                return p[tuple(idx)]
+
+            y = y - lo * shifted(0) - hi * shifted(2)
+        return x.with_local(y) if isinstance(x, GridTensor) else y
+
+    def diagonal(self) -> torch.Tensor:
+        return self._diag
+
+    # ---- assembled forms ------------------------------------------------------------------------------------
+    def to_scipy(self) -> sp.csr_matrix:
+        """CSR matrix in C order (x fastest), with exactly the numbers :meth:`apply` uses."""
+        shape = self.grid.shape
+        n = self.grid.size
+        index = np.arange(n).reshape(shape)
+        rows, cols, vals = [index.ravel()], [index.ravel()], [self._diag.double().cpu().numpy().ravel()]
+        for a, (lo, hi) in enumerate(self._weights):
+            for w, step in ((lo, 1), (hi, -1)):
+                w = w.double().cpu().numpy()
+                nz = w != 0
+                nb = np.roll(index, step, axis=a)
+                rows.append(index[nz])
+                cols.append(nb[nz])
+                vals.append(-w[nz])
+        return sp.csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(n, n))
+
+    # ---- null space ------------------------------------------------------------------------------------------
+    def null_space(self) -> Optional[torch.Tensor]:
+        """The normalised constant on fluid cells when the operator is singular (pure Neumann/periodic), else None."""
+        if not self.singular:
+            return None
+        v = self.fluid.to(self.dtype)
+        return v / v.norm()
+
+    def project(self, b: Field) -> Field:
+        """Remove the null-space component from ``b`` (the mean over fluid cells); unchanged if nonsingular."""
+        if not self.singular:
+            return b
+        fluid = self.fluid
+        if isinstance(b, GridTensor):
+            f = b.with_local(fluid[b.grid.local_slices].to(b.dtype).expand_as(b.local))
+            mean = (b * f).sum(keep_batch=True) / f.sum(keep_batch=True)
+            return b - f * mean.view((-1,) + (1,) * (b.local.dim() - 1))
+        f = fluid.to(b.dtype).to(b.device)
+        nd = self.grid.ndim
+        flat = b.reshape((-1,) + self.grid.shape)
+        mean = (flat * f).flatten(1).sum(1) / f.sum()
+        return (flat - f * mean.view((-1,) + (1,) * nd)).reshape(b.shape)
+
+
+def laplacian(
+    grid: StructuredGrid, bc: Optional[BoundaryConditions] = None, mask: Optional[torch.Tensor] = None, **kwargs: Any,
+) -> DiffusionOperator:
+    """The negative Laplacian ``-div grad`` (5/7-point), i.e. :class:`DiffusionOperator` with ``k = 1``."""
+    return DiffusionOperator(grid, bc, None, mask, **kwargs)

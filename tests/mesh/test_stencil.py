@@ -1,0 +1,140 @@
+"""Stencil operators: matrix-free == CSR, analytic convergence, SciPy solves, masks, null space, distributed."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import scipy.sparse.linalg as spla
+import torch
+
+from deepkrylov.distributed import GridTensor, ProcessGrid
+from deepkrylov.mesh import (
+    EMPTY, FLUID, SOLID, BoundaryConditions, Box, DiffusionOperator, Sphere, StructuredGrid, laplacian,
+    mask_from_shapes, mask_from_voxels, smoke_scene,
+)
+
+BCS = ["dirichlet", "neumann", "periodic", ("dirichlet", "neumann")]
+SHAPES = [(13,), (9, 7), (6, 5, 7)]
+
+
+def _rand(shape, seed):
+    return torch.rand(shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+def _operator(shape, bc, masked, variable):
+    grid = StructuredGrid(shape, extent=[0.5 + 0.25 * a for a in range(len(shape))])
+    mask = None
+    if masked:
+        mask = torch.full(shape, FLUID, dtype=torch.uint8)
+        r = _rand(shape, 7)
+        mask[r > 0.85] = SOLID
+        mask[r < 0.1] = EMPTY
+    k = 0.5 + _rand(shape, 8) if variable else None
+    return DiffusionOperator(grid, BoundaryConditions.uniform(len(shape), bc) if isinstance(bc, str)
+                             else BoundaryConditions([bc] * len(shape)), k, mask)
+
+
+@pytest.mark.parametrize("variable", [False, True], ids=["laplacian", "variable-k"])
+@pytest.mark.parametrize("masked", [False, True], ids=["open", "masked"])
+@pytest.mark.parametrize("bc", BCS, ids=str)
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_matrix_free_equals_csr_and_is_symmetric(shape, bc, masked, variable):
+    A = _operator(shape, bc, masked, variable)
+    x = torch.randn((2, 1) + shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    csr = A.to_scipy()
+    ref = (csr @ x.reshape(2, -1).numpy().T).T.reshape(x.shape)
+    np.testing.assert_allclose(A.apply(x).numpy(), ref, rtol=1e-12, atol=1e-12)
+    assert abs(csr - csr.T).max() < 1e-12
+    np.testing.assert_allclose(A.diagonal().numpy().ravel(), csr.diagonal(), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("variable", [False, True], ids=["laplacian", "variable-k"])
+@pytest.mark.parametrize("bc", BCS, ids=str)
+@pytest.mark.parametrize("shape", [(37,), (37, 29), (11, 9, 7)], ids=lambda s: "x".join(map(str, s)))
+def test_distributed_apply_equals_serial(ctx, shape, bc, variable):
+    A = _operator(shape, bc, masked=True, variable=variable)
+    x = torch.randn((2, 1) + shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    gt = GridTensor.from_global(x, ProcessGrid(ctx, shape))
+    torch.testing.assert_close(A.apply(gt).gather(), A.apply(x), rtol=1e-13, atol=1e-13)
+    if A.singular:
+        p = A.project(gt).gather()
+        torch.testing.assert_close(p, A.project(x), rtol=1e-12, atol=1e-12)
+
+
+def _manufactured(n, dim):
+    """-Laplace u = f on the unit box, u = prod sin(pi x_i) (zero on the boundary)."""
+    grid = StructuredGrid((n,) * dim)
+    X = grid.meshgrid()
+    u = torch.ones(grid.shape, dtype=torch.float64)
+    for x in X:
+        u = u * torch.sin(math.pi * x)
+    return grid, u, dim * math.pi**2 * u
+
+
+@pytest.mark.parametrize("dim", [1, 2, 3])
+def test_dirichlet_poisson_converges_at_second_order(dim):
+    errors = []
+    for n in ((16, 32) if dim == 3 else (32, 64)):
+        grid, u, f = _manufactured(n, dim)
+        A = laplacian(grid)
+        x = spla.spsolve(A.to_scipy().tocsc(), f.numpy().ravel())
+        errors.append(np.abs(x - u.numpy().ravel()).max())
+    order = math.log2(errors[0] / errors[1])
+    assert 1.8 < order < 2.3, errors
+
+
+def test_apply_approximates_analytic_second_derivative_on_periodic_grid():
+    grid = StructuredGrid((64, 48), extent=(1.0, 1.0))
+    y, x = grid.meshgrid()
+    u = torch.sin(2 * math.pi * x) * torch.cos(4 * math.pi * y)
+    A = laplacian(grid, BoundaryConditions.uniform(2, "periodic"))
+    lap = A.apply(u[None, None])[0, 0]
+    exact = (4 * math.pi**2 + 16 * math.pi**2) * u
+    assert (lap - exact).abs().max() / exact.abs().max() < 0.01
+
+
+def test_neumann_null_space_and_projection():
+    A = laplacian(StructuredGrid((8, 8)), BoundaryConditions.uniform(2, "neumann"))
+    assert A.singular and A.is_positive_definite is None
+    ones = torch.ones(1, 1, 8, 8, dtype=torch.float64)
+    assert A.apply(ones).abs().max() < 1e-12
+    b = torch.randn(1, 1, 8, 8, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    assert abs(float(A.project(b).sum())) < 1e-12
+    assert laplacian(StructuredGrid((8, 8))).null_space() is None
+
+
+def test_masks_from_shapes_and_voxels(tmp_path):
+    grid = StructuredGrid((10, 10))
+    mask = mask_from_shapes(grid, [Sphere((0.5, 0.5), 0.2), Box((0.0, 0.0), (0.1, 1.0), "empty")])
+    assert mask[5, 5] == SOLID and mask[0, 3] == EMPTY and mask[9, 9] == FLUID
+    path = tmp_path / "scene.npy"
+    np.save(path, mask.numpy())
+    assert torch.equal(mask_from_voxels(path, grid), mask)
+    A = laplacian(grid, BoundaryConditions.uniform(2, "neumann"), mask)
+    # an inactive cell is an identity row, a fluid cell next to a solid one has no coupling to it
+    e = torch.zeros(1, 1, 10, 10, dtype=torch.float64)
+    e[0, 0, 5, 5] = 1.0
+    assert torch.equal(A.apply(e), e)
+    scene = smoke_scene(16)
+    assert scene.shape == (16, 16, 16) and (scene == EMPTY).any() and (scene == SOLID).any()
+    assert not laplacian(StructuredGrid((16,) * 3), BoundaryConditions.uniform(3, "neumann"), scene).singular
+
+
+def test_bad_input():
+    grid = StructuredGrid((4, 4))
+    with pytest.raises(ValueError, match="no unknowns"):
+        laplacian(grid, mask=torch.full((4, 4), SOLID, dtype=torch.uint8))
+    with pytest.raises(ValueError, match="voxel values must be"):
+        mask_from_voxels(np.full((4, 4), 7), grid)
+    with pytest.raises(ValueError, match="voxel array has shape"):
+        mask_from_voxels(np.zeros((4, 5)), grid)
+    with pytest.raises(ValueError, match="periodic must be set on both faces"):
+        BoundaryConditions([("periodic", "dirichlet"), "neumann"])
+    with pytest.raises(ValueError, match="boundary kind must be one of"):
+        BoundaryConditions.uniform(2, "robin")
+    with pytest.raises(ValueError, match="positive"):
+        DiffusionOperator(grid, coefficient=-torch.ones(4, 4))
+    with pytest.raises(ValueError, match="does not end with the grid's shape"):
+        laplacian(grid).apply(torch.zeros(1, 1, 5, 4))
