@@ -70,9 +70,15 @@ def check_system(A: Any, b: Any, x0: Any = None) -> None:
         if n != shape[0]:
             raise ValueError(f"A has shape {tuple(shape)} but b ({V.describe(b)}) has {n} unknowns per sample")
     a_grid = getattr(A, "grid", None)
-    if isinstance(b, GridTensor) and a_grid is not None and hasattr(a_grid, "global_shape"):
+    if isinstance(b, GridTensor) and a_grid is not None and hasattr(a_grid, "global_shape"):  # a ProcessGrid
         if b.grid != a_grid:
             raise ValueError(f"b lives on {b.grid!r} but the operator on {a_grid!r}; create b on the operator's grid")
+    elif a_grid is not None and hasattr(a_grid, "shape") and hasattr(a_grid, "ndim"):  # a mesh StructuredGrid
+        spatial = tuple(b.grid.global_shape) if isinstance(b, GridTensor) else tuple(b.shape[-a_grid.ndim:])
+        if spatial != tuple(a_grid.shape):
+            raise ValueError(
+                f"b lives on a grid of shape {spatial} but the operator on {a_grid!r}; create b on the operator's grid"
+            )
     if x0 is not None:
         if type(x0) is not type(b):
             raise TypeError(f"x0 must be the same kind as b ({type(b).__name__}), but got {type(x0).__name__}")

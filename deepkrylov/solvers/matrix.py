@@ -18,15 +18,7 @@ import torch
 
 from deepkrylov.distributed import GridTensor
 
-try:
-    from deepkrylov.mesh.operator import LinearOperator
-except ImportError:  # TEMPORARY until deepkrylov/mesh/operator.py lands
-    class LinearOperator:  # type: ignore[no-redef]
-        is_symmetric = None
-        is_positive_definite = None
-
-        def __matmul__(self, x: Any) -> Any:
-            return self.apply(x)
+from deepkrylov.mesh.operator import LinearOperator
 
 __all__ = ["MatrixOperator", "FunctionOperator", "aslinearoperator"]
 
