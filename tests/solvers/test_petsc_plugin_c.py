@@ -91,3 +91,22 @@ def test_monitor_sees_every_iteration(driver):
                        "-ksp_python_type", "deepkrylov.solvers.petsc.CG", "-ksp_monitor"])
     lines = re.findall(r"^\s*(\d+) KSP Residual norm", out["stdout"], flags=re.M)
     assert [int(v) for v in lines] == list(range(out["its"] + 1))
+
+
+@pytest.mark.parametrize("ranks", [1, 2])
+def test_python_obstacle_example(ranks):
+    """examples/petsc_plugin/poisson_obstacle.py: our CG and PETSc CG+Jacobi agree (same iterations) on 1 and 2 ranks."""
+    import sys
+
+    cmd = [sys.executable, str(EXAMPLE / "poisson_obstacle.py"), "--n", "16"]
+    if ranks > 1:
+        if shutil.which("mpiexec") is None:
+            pytest.skip("mpiexec is not installed")
+        cmd = ["mpiexec", "-n", str(ranks), "--allow-run-as-root", "--oversubscribe", *cmd]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=180, cwd=ROOT,
+                         env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert out.returncode == 0, out.stdout + out.stderr
+    ours = int(re.search(r"deepkrylov CG\+Jacobi .*?: (\d+) iterations", out.stdout)[1])
+    petsc = int(re.search(r"PETSc CG\+jacobi: (\d+) iterations", out.stdout)[1])
+    assert abs(ours - petsc) <= 1
+    assert float(re.search(r"PETSc CG\+gamg .*difference to ours (\S+)", out.stdout)[1]) < 1e-6
