@@ -20,7 +20,7 @@ import atexit
 import itertools
 import weakref
 import time
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 import numpy as np
 import torch
@@ -32,7 +32,8 @@ from .result import ConvergedReason, SolveResult
 __all__ = [
     "petsc_available", "import_petsc", "petsc_comm", "create_dmda", "grid_from_dmda", "to_petsc_vec",
     "from_petsc_vec", "natural_to_petsc", "assemble_aij", "as_petsc_mat", "PetscMatOperator", "ShellContext",
-    "set_constant_null_space", "petsc_solve", "PC_TYPES", "CG", "FCG", "PC", "Jacobi", "embedding_environment",
+    "set_constant_null_space", "set_null_space", "petsc_solve", "PC_TYPES", "CG", "FCG", "PC", "Jacobi",
+    "embedding_environment",
 ]
 
 _INSTALL_HINT = (
@@ -264,6 +265,23 @@ def set_constant_null_space(mat: Any) -> Any:
     return ns
 
 
+def set_null_space(mat: Any, basis: Any, grid: ProcessGrid) -> Any:
+    """Attach a one-vector null space to ``mat``: ``basis`` is a GridTensor on ``grid`` or a whole field (e.g.
+    ``DiffusionOperator.null_space()``, the constant on fluid cells of a pure-Neumann problem with obstacles).
+    It is normalised here. Returns the NullSpace."""
+    PETSc = import_petsc()
+    if not isinstance(basis, GridTensor):
+        t = torch.as_tensor(basis).to(torch.float64)
+        if t.numel() != int(np.prod(grid.global_shape)):
+            raise ValueError(f"null-space vector has {t.numel()} entries, but the grid has {grid.global_shape}")
+        basis = GridTensor.from_global(t.reshape((1, 1) + grid.global_shape), grid)
+    v = to_petsc_vec(basis, copy=True)
+    v.normalize()
+    ns = PETSc.NullSpace().create(constant=False, vectors=[v], comm=mat.getComm())
+    mat.setNullSpace(ns)
+    return ns
+
+
 # ---- operators both ways -------------------------------------------------------------------------------------
 class ShellContext:
     """``MATPYTHON`` context applying a deepkrylov operator to PETSc vectors (zero copy on CPU float64)."""
@@ -443,7 +461,7 @@ def _pc_options(pc_type: str, size: int) -> dict:
 def petsc_solve(
     A: Any, b: GridTensor, x0: Optional[GridTensor] = None, *, ksp_type: str = "cg", pc_type: str = "jacobi",
     rtol: float = 1e-5, atol: float = 1e-50, dtol: float = 1e5, max_it: int = 10000,
-    norm_type: str = "unpreconditioned", reference: str = "rhs", null_space: bool = False,
+    norm_type: str = "unpreconditioned", reference: str = "rhs", null_space: Any = False,
     options: Optional[dict] = None,
 ) -> SolveResult:
     """Solve ``A x = b`` with PETSc KSP (the baseline): same tolerances and stopping test as deepkrylov's solvers.
@@ -456,7 +474,9 @@ def petsc_solve(
             parallel becomes block Jacobi with ICC per block; ``hypre`` is BoomerAMG).
         norm_type: ``unpreconditioned`` (default, like deepkrylov), ``preconditioned`` or ``natural``.
         reference: ``rhs``, ``initial`` or ``min`` (see :mod:`deepkrylov.solvers.stopping`).
-        null_space: attach the constant null space and project it out of ``b``.
+        null_space: ``True`` attaches the constant null space, a GridTensor or whole field attaches that vector
+            (e.g. ``op.null_space()`` for pure Neumann with obstacles); it is projected out of ``b`` (the Mat keeps
+            it attached).
         options: extra PETSc options (without the prefix), e.g. ``{"pc_gamg_agg_nsmooths": 1}``.
 
     Returns a :class:`SolveResult` with ``info`` holding ``setup_time``, ``solve_time``, ``ksp_type``,
@@ -500,8 +520,11 @@ def petsc_solve(
     xv = to_petsc_vec(x0, copy=True) if x0 is not None else bv.duplicate()
     if x0 is None:
         xv.set(0.0)
-    if null_space:
+    if null_space is True:
         ns = set_constant_null_space(mat)
+    elif null_space is not None and null_space is not False:
+        ns = set_null_space(mat, null_space, grid)
+    if ns is not None:
         ns.remove(bv)
     ksp = PETSc.KSP().create(comm=mat.getComm())
     try:

@@ -118,3 +118,26 @@ def test_iterations_equal_petsc_on_mesh_operator(ctx, case):
         ours = cg(op, bt, M=Jacobi(op) if pc == "jacobi" else None, rtol=1e-8)
         assert base.reason == ours.reason == ConvergedReason.CONVERGED_RTOL
         assert abs(base.iterations - ours.iterations) <= 1, (pc, base.iterations, ours.iterations)
+
+
+def test_petsc_null_space_on_fluid_cells(ctx):
+    """Pure Neumann with an obstacle: the null space is the constant on fluid cells; PETSc gets it as a MatNullSpace
+    and solves an inconsistent right-hand side in the least-squares sense, like our CG on the projected one."""
+    pytest.importorskip("petsc4py.PETSc", reason="petsc4py is not installed (pip install deepkrylov[petsc])")
+    from deepkrylov.solvers import petsc as P
+
+    if ctx.comm.name == "torch":
+        pytest.skip("PETSc runs on the MPI engine")
+    shape = (14, 14)
+    grid0 = StructuredGrid(shape)
+    op = laplacian(grid0, BoundaryConditions.uniform(2, "neumann"), mask_from_shapes(grid0, [Sphere((0.5, 0.5), 0.2)]))
+    assert op.singular
+    b = torch.from_numpy(np.random.default_rng(9).standard_normal(shape)).reshape(1, 1, *shape) * op.fluid
+    grid = ProcessGrid(ctx, shape)
+    bt = GridTensor.from_global(b, grid)
+    base = P.petsc_solve(op, bt, pc_type="jacobi", rtol=1e-10, null_space=op.null_space())
+    ours = cg(op, op.project(bt), M=Jacobi(op), rtol=1e-10)
+    assert base.converged and ours.converged
+    xb = _fix(op, base.x.gather().numpy().ravel())
+    xo = _fix(op, ours.x.gather().numpy().ravel())
+    assert np.linalg.norm(xb - xo) / np.linalg.norm(xo) < 1e-7
