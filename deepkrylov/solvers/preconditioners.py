@@ -71,8 +71,8 @@ class Jacobi(Preconditioner):
 
     Args:
         A: the operator now (optional; the solver calls ``setup(A)`` otherwise).
-        zero_pivot: what to do with zero diagonal entries: ``"error"`` or ``"one"`` (use 1, like PETSc's
-            ``-pc_jacobi_fixdiagonal``... a zero row stays untouched).
+        zero_pivot: what to do with zero diagonal entries: ``"error"`` (raise) or ``"one"`` (use 1 there, so
+            those entries of ``r`` pass through unchanged).
     """
 
     is_symmetric = True
@@ -120,7 +120,7 @@ class Jacobi(Preconditioner):
         return self
 
     def reset(self) -> None:
-        self.inv_diag, self.is_setup = None, False
+        self.inv_diag, self.is_setup, self._local_cache = None, False, None
 
     def apply(self, r: Any) -> Any:
         out = r.zeros_like() if isinstance(r, GridTensor) else torch.empty_like(r)
@@ -135,22 +135,29 @@ class Jacobi(Preconditioner):
         return out
 
     def _inv_for(self, r: Any) -> torch.Tensor:
+        """``1/diag`` shaped, typed and placed for ``r`` (this rank's block for a GridTensor); cached."""
         if self.inv_diag is None:
             raise RuntimeError("Jacobi.apply before setup(A): pass the operator to Jacobi(A) or to the solver")
-        if isinstance(r, GridTensor):
-            if isinstance(self.inv_diag, GridTensor):
-                inv = self.inv_diag.local
-            else:  # a whole (replicated) diagonal: this rank's block of it, cut once per grid
-                key = r.grid
-                if self._local_cache is None or self._local_cache[0] != key:
-                    g = r.grid
-                    full = self.inv_diag.reshape(g.global_shape) if self.inv_diag.numel() == int(np.prod(g.global_shape)) \
-                        else self.inv_diag.reshape(r.shape[1:])[(slice(None),) * (len(r.shape) - 1 - g.ndim)]
-                    self._local_cache = (key, full[g.local_slices].contiguous())
-                inv = self._local_cache[1]
-            return _fit(inv, r.local)
-        inv = self.inv_diag.local if isinstance(self.inv_diag, GridTensor) else self.inv_diag
-        return _fit(inv, r)
+        like = r.local if isinstance(r, GridTensor) else r
+        key = (r.grid if isinstance(r, GridTensor) else None, like.dtype, like.device, like.dim())
+        hit = self._local_cache
+        if hit is not None and hit[0] == key:
+            return hit[1]
+        if isinstance(self.inv_diag, GridTensor):
+            inv = self.inv_diag.local
+        elif isinstance(r, GridTensor):  # a whole (replicated) diagonal: this rank's block of it
+            g = r.grid
+            if self.inv_diag.numel() != int(np.prod(g.global_shape)):
+                raise ValueError(
+                    f"the diagonal has {self.inv_diag.numel()} entries but the grid {g.global_shape} has "
+                    f"{int(np.prod(g.global_shape))} cells"
+                )
+            inv = self.inv_diag.reshape(g.global_shape)[g.local_slices]
+        else:
+            inv = self.inv_diag
+        inv = _fit(inv, like).contiguous()
+        self._local_cache = (key, inv)
+        return inv
 
 
 def _fit(inv: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -160,7 +167,9 @@ def _fit(inv: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         return inv
     if like.dim() >= 2 and inv.numel() == int(np.prod(like.shape[1:])):
         return inv.reshape((1,) + tuple(like.shape[1:]))
-    return inv.reshape(like.shape[-inv.dim():] if inv.dim() else ())
+    if inv.numel() == int(np.prod(like.shape[-inv.dim():])) and inv.dim():
+        return inv.reshape(like.shape[-inv.dim():])
+    raise ValueError(f"a diagonal of shape {tuple(inv.shape)} does not fit a field of shape {tuple(like.shape)}")
 
 
 class CallablePreconditioner(Preconditioner):

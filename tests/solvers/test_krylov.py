@@ -289,3 +289,13 @@ def test_cg_iteration_count_bounded_by_n():
     res = cg(op, b, rtol=1e-12)
     assert res.converged and res.iterations <= 13
     np.testing.assert_allclose(res.x.numpy(), np.linalg.solve(Adense, b.numpy()), rtol=1e-9)
+
+
+def test_jacobi_zero_pivot_and_missing_diagonal():
+    A = sp.diags([0.0, 2.0, 4.0]).tocsr()
+    with pytest.raises(ValueError, match="zero entries"):
+        Jacobi(MatrixOperator(A))
+    z = Jacobi(MatrixOperator(A), zero_pivot="one").apply(torch.ones(3, dtype=torch.float64))
+    torch.testing.assert_close(z, torch.tensor([1.0, 0.5, 0.25], dtype=torch.float64))
+    with pytest.raises(TypeError, match="diagonal"):
+        Jacobi(FunctionOperator(lambda x: x, 3))
