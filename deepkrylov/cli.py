@@ -1,5 +1,6 @@
-"""The ``deepkrylov`` command: ``info`` here; ``datagen``, ``train``, ``eval``, ``solve``, ``bench`` come from the
-subpackages, each registering its own subcommands (``register(subparsers)`` in ``<subpackage>/_cli.py``)."""
+"""The ``deepkrylov`` command: ``info`` and the ``train`` parent here; ``datagen``, ``eval``, ``solve`` and the
+models under ``train`` come from the subpackages: ``<subpackage>/_cli.py`` defines ``register(subparsers,
+train_subparsers)``."""
 
 from __future__ import annotations
 
@@ -93,6 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("info", help="versions, MPI/PETSc/devices, and the rank layout under mpiexec")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=_cmd_info)
+    train = sub.add_parser("train", help="train a model: deepkrylov train <model> ...")
+    train_sub = train.add_subparsers(dest="model", required=True, metavar="<model>")
     for name in _SUBCOMMAND_MODULES:
         try:
             module = importlib.import_module(name)
@@ -100,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
             if err.name != name:
                 raise
             continue
-        module.register(sub)
+        module.register(sub, train_sub)
     return parser
 
 
