@@ -142,6 +142,7 @@ def _cmd_solve(args: argparse.Namespace) -> int:
     op, A_scipy, b, shape, what = _load_problem(args)
     grid = ProcessGrid(ctx, shape)
     bg = GridTensor.from_global(b, grid)
+    bx = b if ctx.size == 1 else bg  # one rank: plain tensors, no halo machinery
     rows, histories, solutions = [], {}, {}
     for method in args.methods:
         if method == "dcdm":
@@ -151,9 +152,9 @@ def _cmd_solve(args: argparse.Namespace) -> int:
             model = load_model(args.model)
             if model.dim != len(shape):
                 raise SystemExit(f"the DCDM model is {model.dim}D but the problem is {len(shape)}D")
-            res = dcdm(op, bg, model, rtol=args.rtol, max_it=args.max_it)
+            res = dcdm(op, bx, model, rtol=args.rtol, max_it=args.max_it)
         elif method in ("cg", "pcg"):
-            res = cg(op, bg, M=Jacobi(op) if method == "pcg" else None, rtol=args.rtol, max_it=args.max_it)
+            res = cg(op, bx, M=Jacobi(op) if method == "pcg" else None, rtol=args.rtol, max_it=args.max_it)
         else:
             from .petsc import petsc_available, petsc_solve
 
@@ -163,13 +164,14 @@ def _cmd_solve(args: argparse.Namespace) -> int:
             null = op.null_space() if getattr(op, "singular", False) else False
             res = petsc_solve(A_scipy, bg, pc_type=method, rtol=args.rtol, max_it=args.max_it,
                               null_space=null if null is not None else False)
-        true_res = float((bg - op.apply(res.x)).norm() / bg.norm())
+        x = res.x if isinstance(res.x, GridTensor) else GridTensor.from_global(res.x, grid)
+        true_res = float((bg - op.apply(x)).norm() / bg.norm())
         rows.append({"method": method, "iterations": res.iterations, "reason": res.reason.name,
                      "relative_residual": true_res, "seconds": res.wall_time,
                      "seconds_per_iteration": res.wall_time / max(res.iterations, 1)})
         histories[method] = res.residual_norms
         if args.save is not None:
-            solutions[method] = res.x.gather(root=0)
+            solutions[method] = x.gather(root=0)
     if not ctx.is_root:
         return 0
     print(f"{what}, {ctx.size} rank(s), rtol {args.rtol:g}")

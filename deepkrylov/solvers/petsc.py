@@ -32,7 +32,7 @@ from .result import ConvergedReason, SolveResult
 __all__ = [
     "petsc_available", "import_petsc", "petsc_comm", "create_dmda", "grid_from_dmda", "to_petsc_vec",
     "from_petsc_vec", "natural_to_petsc", "assemble_aij", "as_petsc_mat", "PetscMatOperator", "ShellContext",
-    "set_constant_null_space", "set_null_space", "petsc_solve", "PC_TYPES", "CG", "FCG", "PC", "Jacobi",
+    "set_constant_null_space", "set_null_space", "petsc_solve", "PC_TYPES", "CG", "FCG", "PC", "Jacobi", "DCDM", "DCDMPC",
     "embedding_environment",
 ]
 
@@ -530,6 +530,9 @@ def petsc_solve(
     try:
         ksp.setOptionsPrefix(prefix)
         ksp.setOperators(mat)
+        if grid.ndim > 1:  # tell python KSPs/PCs (e.g. DCDM) the grid behind the assembled matrix
+            ksp.setDM(create_dmda(grid))
+            ksp.setDMActive(False)
         ksp.setTolerances(rtol=rtol, atol=atol, divtol=dtol, max_it=max_it)
         ksp.setInitialGuessNonzero(x0 is not None)
         ksp.setConvergenceHistory(length=max_it + 1)
@@ -727,6 +730,104 @@ class Jacobi(PC):
     """:class:`PC` with deepkrylov's Jacobi (``-pc_python_type deepkrylov.solvers.petsc.Jacobi``)."""
 
     default = "jacobi"
+
+
+# ---- DCDM as a PETSc plugin ------------------------------------------------------------------------------------
+_MODELS: dict = {}
+
+
+def _dcdm_model(path: str) -> Any:
+    """Load (once per path) a DCDM network; ``""`` is the shipped model."""
+    if path not in _MODELS:
+        from .dcdm.model import load_model
+
+        _MODELS[path] = load_model(path or None)
+    return _MODELS[path]
+
+
+class DCDM(CG):
+    """PETSc ``KSPPYTHON`` context running deepkrylov's DCDM (the network predicts the search directions).
+
+    ``-ksp_type python -ksp_python_type deepkrylov.solvers.petsc.DCDM [-ksp_dcdm_model FILE]
+    [-ksp_dcdm_memory 2]`` (options under the KSP's prefix). Tolerances, initial-guess flag and monitors come from
+    PETSc; the residual norms are true (unpreconditioned) residuals; the KSP's PC is not used.
+    """
+
+    method = "dcdm"
+
+    def create(self, ksp: Any) -> None:
+        super().create(ksp)
+        self.model_path, self.memory = "", 2
+
+    def setFromOptions(self, ksp: Any) -> None:
+        PETSc = import_petsc()
+        opts = PETSc.Options(ksp.getOptionsPrefix())
+        self.model_path = opts.getString("ksp_dcdm_model", self.model_path)
+        self.memory = opts.getInt("ksp_dcdm_memory", self.memory)
+
+    def view(self, ksp: Any, viewer: Any) -> None:
+        viewer.printfASCII(f"  deepkrylov DCDM, model {self.model_path or 'shipped'}, memory {self.memory}\n")
+
+    def solve(self, ksp: Any, b: Any, x: Any) -> None:
+        PETSc = import_petsc()
+        from .dcdm import dcdm
+
+        A, _ = ksp.getOperators()
+        if self.grid is None:
+            dm = ksp.getDM()
+            self.grid = grid_from_dmda(dm) if dm and dm.getType() == "da" else _grid_for_vec(b)
+        op = PetscMatOperator(A, self.grid)
+        bt, xt = from_petsc_vec(b, self.grid), from_petsc_vec(x, self.grid)
+        rtol, atol, dtol, max_it = ksp.getTolerances()
+        opts = PETSc.Options(ksp.getOptionsPrefix())
+        reference = "initial" if opts.getBool("ksp_converged_use_initial_residual_norm", False) else "rhs"
+
+        def monitor(it: int, rnorm: float) -> None:
+            ksp.setIterationNumber(it)
+            ksp.setResidualNorm(rnorm)
+            ksp.logConvergenceHistory(rnorm)
+            ksp.monitor(it, rnorm)
+
+        x0 = xt.clone() if ksp.getInitialGuessNonzero() else None
+        try:
+            res = dcdm(op, bt, _dcdm_model(self.model_path), x0, rtol=rtol, atol=atol, dtol=dtol,
+                       max_it=int(max_it), memory=self.memory, reference=reference, callback=monitor)
+        finally:
+            op.close()
+        xt.local.copy_(res.x.local)
+        ksp.setIterationNumber(res.iterations)
+        ksp.setResidualNorm(res.residual_norm)
+        ksp.setConvergedReason(int(res.reason))
+        self.last = res
+
+
+class DCDMPC(PC):
+    """PETSc ``PCPYTHON`` context applying the DCDM network, ``z = f(r / ||r||)``: a nonlinear preconditioner for
+    flexible CG (``-ksp_type fcg -ksp_fcg_mmax 2 -pc_type python -pc_python_type
+    deepkrylov.solvers.petsc.DCDMPC [-pc_dcdm_model FILE]``)."""
+
+    def setFromOptions(self, pc: Any) -> None:
+        PETSc = import_petsc()
+        self.kind = PETSc.Options(pc.getOptionsPrefix()).getString("pc_dcdm_model", "")
+
+    def setUp(self, pc: Any) -> None:
+        _, P = pc.getOperators()
+        x, _ = P.createVecs()
+        dm = pc.getDM()
+        self.grid = grid_from_dmda(dm) if dm and dm.getType() == "da" else _grid_for_vec(x)
+        model = _dcdm_model(self.kind if self.kind != self.default else "")
+
+        def apply(r: GridTensor) -> GridTensor:
+            with torch.no_grad():
+                n = r.norm()
+                rin = r / n if float(n) > 0 else r
+                dtype = next(model.parameters()).dtype
+                return model(rin.to(dtype)).to(r.dtype)
+
+        self.inner = apply
+
+    def view(self, pc: Any, viewer: Any) -> None:
+        viewer.printfASCII(f"  deepkrylov DCDM network preconditioner, model {self.kind or 'shipped'}\n")
 
 
 # ---- running the plugins from a C program ---------------------------------------------------------------------

@@ -72,6 +72,8 @@ def dcdm(
     history = [rnorm]
     directions: deque = deque(maxlen=max(memory, 1))
     message, it = "", 0
+    if callback is not None:
+        callback(0, rnorm)
     reason = stopping.check(0, rnorm)
     with torch.no_grad():
         while reason is None:
