@@ -50,11 +50,12 @@ def test_matrix_free_equals_csr_and_is_symmetric(shape, bc, masked, variable):
     np.testing.assert_allclose(A.diagonal().numpy().ravel(), csr.diagonal(), rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("masked", [False, True], ids=["open", "masked"])
 @pytest.mark.parametrize("variable", [False, True], ids=["laplacian", "variable-k"])
 @pytest.mark.parametrize("bc", BCS, ids=str)
 @pytest.mark.parametrize("shape", [(37,), (37, 29), (11, 9, 7)], ids=lambda s: "x".join(map(str, s)))
-def test_distributed_apply_equals_serial(ctx, shape, bc, variable):
-    A = _operator(shape, bc, masked=True, variable=variable)
+def test_distributed_apply_equals_serial(ctx, shape, bc, variable, masked):
+    A = _operator(shape, bc, masked=masked, variable=variable)
     x = torch.randn((2, 1) + shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     gt = GridTensor.from_global(x, ProcessGrid(ctx, shape))
     torch.testing.assert_close(A.apply(gt).gather(), A.apply(x), rtol=1e-13, atol=1e-13)
