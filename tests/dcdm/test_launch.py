@@ -11,3 +11,5 @@ pytestmark = pytest.mark.mpi
 def test_dcdm_on_ranks(n):
     run_pytest_mpi(n, "tests/dcdm/test_network.py")
     run_pytest_mpi(n, "tests/dcdm/test_iteration.py")
+    if n == 2:
+        run_pytest_mpi(n, "tests/dcdm/test_petsc_plugin.py")
