@@ -46,3 +46,28 @@ def run_pytest_mpi(n: int, target: str, backend: str = "mpi", timeout: float = 6
     )
     if res.returncode != 0:
         pytest.fail(f"{target} on {n} ranks ({backend}) failed, rc={res.returncode}\n{res.stdout[-6000:]}\n{res.stderr[-6000:]}")
+
+
+def assert_matches_serial(ctx, module, x_full, grid, atol=1e-10, param_rtol=1e-10, **forward):  # type: ignore[no-untyped-def]
+    """``module`` on the GridTensor blocks of ``x_full`` equals ``module(x_full)`` on one process: the output
+    (gathered), the input gradient (this rank's block) and the parameter gradients (all-reduced over ranks)."""
+    import torch
+
+    from deepkrylov.distributed import GridTensor
+
+    x_loc = GridTensor.from_global(x_full, grid).local.clone().requires_grad_(True)
+    y = module(GridTensor(x_loc, grid), **forward)
+    xs = x_full.clone().requires_grad_(True)
+    ref = module(xs)
+    y_full = y.gather()
+    torch.testing.assert_close(y_full, ref, rtol=0, atol=atol)
+    w = torch.randn(ref.shape, generator=torch.Generator().manual_seed(99), dtype=ref.dtype)
+    module.zero_grad()
+    (y_full * w).sum().backward()
+    grads = [ctx.comm.allreduce_(p.grad.clone()) for p in module.parameters()]
+    module.zero_grad()
+    (ref * w).sum().backward()
+    for g, p in zip(grads, module.parameters()):
+        torch.testing.assert_close(g, p.grad, rtol=param_rtol, atol=param_rtol)
+    torch.testing.assert_close(x_loc.grad, xs.grad[(slice(None), slice(None)) + grid.local_slices], rtol=0, atol=atol)
+    return y

@@ -158,6 +158,21 @@ def _grid_for_vec(vec: Any) -> ProcessGrid:
     return ProcessGrid(comm, (int(vec.getSize()),), splits=(tuple(int(b - a) for a, b in zip(ranges[:-1], ranges[1:])),))
 
 
+def _through_petsc(op: Any, xvec: Any, yvec: Any, local: torch.Tensor) -> torch.Tensor:
+    """``op(xvec, yvec)`` with the work vectors lent ``local`` (zero-copy where possible) and a fresh result
+    buffer; returns the result in ``local``'s dtype and device."""
+    src = local if _zero_copy_ok(local) else local.detach().to("cpu", torch.float64).contiguous()
+    dst = torch.empty_like(src)
+    xvec.placeArray(src.numpy().reshape(-1))
+    yvec.placeArray(dst.numpy().reshape(-1))
+    try:
+        op(xvec, yvec)
+    finally:
+        xvec.resetArray()
+        yvec.resetArray()
+    return dst.to(device=local.device, dtype=local.dtype)
+
+
 def _sizes(grid: ProcessGrid) -> tuple[int, int]:
     return int(np.prod(grid.local_shape)), int(np.prod(grid.global_shape))
 
@@ -413,16 +428,7 @@ class PetscMatOperator(_base_operator()):  # type: ignore[misc]
                    for i in range(xt.local.shape[0]) for c in range(xt.local.shape[1])]
             loc = torch.cat([o.local for o in out]).reshape(xt.local.shape)
             return xt.with_local(loc) if isinstance(x, GridTensor) else loc.reshape(x.shape)
-        src = xt.local if _zero_copy_ok(xt.local) else xt.local.detach().to("cpu", torch.float64).contiguous()
-        dst = torch.empty_like(src)
-        self._x.placeArray(src.numpy().reshape(-1))
-        self._y.placeArray(dst.numpy().reshape(-1))
-        try:
-            self.mat.mult(self._x, self._y)
-        finally:
-            self._x.resetArray()
-            self._y.resetArray()
-        dst = dst.to(device=xt.device, dtype=xt.dtype)
+        dst = _through_petsc(self.mat.mult, self._x, self._y, xt.local)
         return xt.with_local(dst) if isinstance(x, GridTensor) else dst.reshape(x.shape)
 
     def close(self) -> None:
@@ -581,16 +587,7 @@ class _PetscPCApply:
         self.pc = None
 
     def __call__(self, r: GridTensor) -> GridTensor:
-        src = r.local if _zero_copy_ok(r.local) else r.local.detach().to("cpu", torch.float64).contiguous()
-        dst = torch.empty_like(src)
-        self._r.placeArray(src.numpy().reshape(-1))
-        self._z.placeArray(dst.numpy().reshape(-1))
-        try:
-            self.pc.apply(self._r, self._z)
-        finally:
-            self._r.resetArray()
-            self._z.resetArray()
-        return r.with_local(dst.to(device=r.device, dtype=r.dtype))
+        return r.with_local(_through_petsc(self.pc.apply, self._r, self._z, r.local))
 
 
 class CG:

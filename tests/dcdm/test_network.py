@@ -7,9 +7,10 @@ import math
 import pytest
 import torch
 
-from deepkrylov.distributed import GridTensor, ProcessGrid
+from deepkrylov.distributed import ProcessGrid
 from deepkrylov.solvers.dcdm.network import DCDMNet
 from deepkrylov.solvers.dcdm.training import dcdm_loss, ritz_rhs, ritz_vectors
+from tests.helpers import assert_matches_serial
 
 
 def test_parameter_counts_match_the_paper():
@@ -22,21 +23,7 @@ def test_distributed_forward_backward_equal_serial(ctx, dim, shape):
     torch.manual_seed(0)
     model = DCDMNet(dim=dim, width=4, pre=2, mid=1, post=1).double()
     x_full = torch.randn((2, 1) + shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
-    grid = ProcessGrid(ctx, shape)
-    x_loc = GridTensor.from_global(x_full, grid).local.clone().requires_grad_(True)
-    y = model(GridTensor(x_loc, grid))
-    xs = x_full.clone().requires_grad_(True)
-    ref = model(xs)
-    torch.testing.assert_close(y.gather(), ref, rtol=0, atol=1e-10)
-    w = torch.randn(ref.shape, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
-    model.zero_grad()
-    (y.gather() * w).sum().backward()
-    grads = [ctx.comm.allreduce_(p.grad.clone()) for p in model.parameters()]
-    model.zero_grad()
-    (ref * w).sum().backward()
-    for g, p in zip(grads, model.parameters()):
-        torch.testing.assert_close(g, p.grad, rtol=1e-10, atol=1e-10)
-    torch.testing.assert_close(x_loc.grad, xs.grad[(slice(None), slice(None)) + grid.local_slices], rtol=0, atol=1e-10)
+    assert_matches_serial(ctx, model, x_full, ProcessGrid(ctx, shape), atol=1e-10)
 
 
 def test_bad_inputs():

@@ -6,6 +6,8 @@ import pytest
 import torch
 from torch import nn
 
+from tests.helpers import assert_matches_serial
+
 from deepkrylov.distributed import (
     GridTensor, HaloConv1d, HaloConv2d, HaloConv3d, HaloConvTranspose1d, HaloConvTranspose2d,
     HaloConvTranspose3d, ProcessGrid,
@@ -21,26 +23,9 @@ def _data(shape, channels, seed):
     return torch.randn((2, channels) + shape, generator=g, dtype=torch.float64)
 
 
-def _check_layer(ctx, layer, x_full, grid, out_grid=None, **fwd):
+def _check_layer(ctx, layer, x_full, grid, **fwd):
     """Forward equal to serial; input and (all-reduced) parameter gradients equal to serial."""
-    x_loc = GridTensor.from_global(x_full, grid).local.clone().requires_grad_(True)
-    y = layer(GridTensor(x_loc, grid), **fwd)
-    xs = x_full.clone().requires_grad_(True)
-    ref = layer(xs)
-    y_full = y.gather()
-    torch.testing.assert_close(y_full, ref, rtol=0, atol=1e-12)
-    w = torch.randn(ref.shape, generator=torch.Generator().manual_seed(99), dtype=torch.float64)
-    layer.zero_grad()
-    (y_full * w).sum().backward()
-    grads = [p.grad.clone() for p in layer.parameters()]
-    for g in grads:
-        ctx.comm.allreduce_(g)
-    layer.zero_grad()
-    (ref * w).sum().backward()
-    for g, p in zip(grads, layer.parameters()):
-        torch.testing.assert_close(g, p.grad, rtol=1e-11, atol=1e-11)
-    torch.testing.assert_close(x_loc.grad, xs.grad[(slice(None), slice(None)) + grid.local_slices], rtol=0, atol=1e-12)
-    return y
+    return assert_matches_serial(ctx, layer, x_full, grid, atol=1e-12, param_rtol=1e-11, **fwd)
 
 
 @pytest.mark.parametrize("nd", [1, 2, 3])

@@ -7,6 +7,7 @@ import torch
 
 from deepkrylov.distributed import GridTensor, ProcessGrid
 from deepkrylov.operators.mgno import MgNO
+from tests.helpers import assert_matches_serial
 
 CASES = [
     # dim, shape (divisible by 2**(levels-1)), iterations, padding mode
@@ -23,21 +24,7 @@ def test_distributed_mgno_equals_serial(ctx, dim, shape, iterations, mode):
     model = MgNO(in_channels=2, out_channels=1, channels=3, num_layers=2, iterations=iterations, dim=dim,
                  padding_mode=mode).double()
     x_full = torch.randn((2, 2) + shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
-    grid = ProcessGrid(ctx, shape)
-    x_loc = GridTensor.from_global(x_full, grid).local.clone().requires_grad_(True)
-    y = model(GridTensor(x_loc, grid))
-    xs = x_full.clone().requires_grad_(True)
-    ref = model(xs)
-    torch.testing.assert_close(y.gather(), ref, rtol=0, atol=1e-10)
-    w = torch.randn(ref.shape, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
-    model.zero_grad()
-    (y.gather() * w).sum().backward()
-    grads = [ctx.comm.allreduce_(p.grad.clone()) for p in model.parameters()]
-    model.zero_grad()
-    (ref * w).sum().backward()
-    for g, p in zip(grads, model.parameters()):
-        torch.testing.assert_close(g, p.grad, rtol=1e-10, atol=1e-10)
-    torch.testing.assert_close(x_loc.grad, xs.grad[(slice(None), slice(None)) + grid.local_slices], rtol=0, atol=1e-10)
+    assert_matches_serial(ctx, model, x_full, ProcessGrid(ctx, shape), atol=1e-10)
 
 
 def test_domain_parallel_training_steps_equal_serial(ctx):
