@@ -1,0 +1,269 @@
+"""One training loop for every operator model (DeepONet, MgNO, FNO, ...).
+
+Optimizer and scheduler from config, relative Lp/H1 losses, evaluation on several data sets (e.g. several
+resolutions), best and last checkpoints with resume to bitwise-identical parameters (model, optimizer,
+scheduler, epoch and RNG states are saved), metrics as JSON lines, a progress bar on rank 0, a seed, DDP when
+``torch.distributed`` is initialised (DistributedSampler; gloo on CPU, NCCL on CUDA), CUDA when present.
+Data sets yield tuples ``(*inputs, target)``; the model is called as ``model(*inputs)``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+from typing import Any, Callable, Mapping, Optional, Union
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from .losses import H1Loss, LpLoss
+
+__all__ = ["Trainer", "TrainConfig", "make_loss", "MODELS", "register_model"]
+
+log = logging.getLogger(__name__)
+
+OPTIMIZERS = ("adam", "adamw", "sgd")
+SCHEDULERS = ("none", "step", "cosine", "exponential")
+LOSSES = ("l2", "l1", "mse", "h1")
+
+MODELS: dict[str, Callable[..., torch.nn.Module]] = {}
+
+
+def register_model(name: str, builder: Callable[..., torch.nn.Module]) -> None:
+    """Add ``builder(**kwargs) -> nn.Module`` under ``name`` (used by ``deepkrylov train <name>``)."""
+    MODELS[name] = builder
+
+
+def make_loss(name: str, d: int = 1) -> torch.nn.Module:
+    """Loss by name: relative ``l2``/``l1`` (LpLoss), relative ``h1`` (H1Loss on ``d`` trailing dims), ``mse``."""
+    if name == "l2":
+        return LpLoss(2)
+    if name == "l1":
+        return LpLoss(1)
+    if name == "h1":
+        return H1Loss(d)
+    if name == "mse":
+        return torch.nn.MSELoss()
+    raise ValueError(f"loss must be one of {LOSSES}, but got {name!r}")
+
+
+class TrainConfig(dict):
+    """Plain dict of training options with defaults (kept JSON-serialisable for checkpoints and logs)."""
+
+    DEFAULTS: dict[str, Any] = dict(
+        epochs=10, batch_size=32, lr=1e-3, weight_decay=0.0, optimizer="adam", scheduler="none",
+        step_size=100, gamma=0.5, loss="l2", loss_dim=1, seed=0, eval_every=1, progress=True,
+    )
+
+    def __init__(self, **kwargs: Any) -> None:
+        unknown = set(kwargs) - set(self.DEFAULTS)
+        if unknown:
+            raise ValueError(f"unknown training option(s) {sorted(unknown)}; allowed: {sorted(self.DEFAULTS)}")
+        super().__init__({**self.DEFAULTS, **kwargs})
+
+
+def _dist() -> tuple[bool, int, int]:
+    ok = torch.distributed.is_available() and torch.distributed.is_initialized()
+    return ok, (torch.distributed.get_rank() if ok else 0), (torch.distributed.get_world_size() if ok else 1)
+
+
+def _rng_state() -> dict[str, Any]:
+    st = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        st["cuda"] = torch.cuda.get_rng_state_all()
+    return st
+
+
+def _set_rng_state(st: Mapping[str, Any]) -> None:
+    torch.set_rng_state(st["torch"])
+    np.random.set_state(st["numpy"])
+    random.setstate(st["python"])
+    if "cuda" in st and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(st["cuda"])
+
+
+class Trainer:
+    """Train ``model`` on ``(*inputs, target)`` data sets; see the module docstring.
+
+    ``out_dir``: where ``last.pt``, ``best.pt`` and ``metrics.jsonl`` go (None: nothing written).
+    ``forward``: optional ``forward(model, inputs) -> prediction`` for models with other call conventions.
+    """
+
+    def __init__(self, model: torch.nn.Module, config: Optional[Mapping[str, Any]] = None,
+                 out_dir: Optional[str] = None, device: Union[str, torch.device, None] = None,
+                 forward: Optional[Callable[[torch.nn.Module, tuple], torch.Tensor]] = None,
+                 loss: Optional[torch.nn.Module] = None) -> None:
+        self.config = TrainConfig(**dict(config or {}))
+        c = self.config
+        if c["optimizer"] not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, but got {c['optimizer']!r}")
+        if c["scheduler"] not in SCHEDULERS:
+            raise ValueError(f"scheduler must be one of {SCHEDULERS}, but got {c['scheduler']!r}")
+        self.distributed, self.rank, self.world = _dist()
+        if device is None:
+            if torch.cuda.is_available():
+                device = torch.device("cuda", torch.cuda.current_device() if not self.distributed
+                                      else int(os.environ.get("LOCAL_RANK", self.rank % torch.cuda.device_count())))
+            else:
+                device = torch.device("cpu")
+        self.device = torch.device(device)
+        torch.manual_seed(c["seed"])
+        np.random.seed(c["seed"] % 2**32)
+        random.seed(c["seed"])
+        self.module = model.to(self.device)
+        if self.distributed:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.model: torch.nn.Module = torch.nn.parallel.DistributedDataParallel(self.module, device_ids=ids)
+        else:
+            self.model = self.module
+        self.loss_fn = loss if loss is not None else make_loss(c["loss"], c["loss_dim"])
+        self.eval_loss = LpLoss(2)
+        params = [p for p in self.module.parameters() if p.requires_grad]
+        if c["optimizer"] == "adam":
+            self.optimizer: torch.optim.Optimizer = torch.optim.Adam(params, lr=c["lr"], weight_decay=c["weight_decay"])
+        elif c["optimizer"] == "adamw":
+            self.optimizer = torch.optim.AdamW(params, lr=c["lr"], weight_decay=c["weight_decay"])
+        else:
+            self.optimizer = torch.optim.SGD(params, lr=c["lr"], weight_decay=c["weight_decay"], momentum=0.9)
+        if c["scheduler"] == "step":
+            self.scheduler: Optional[Any] = torch.optim.lr_scheduler.StepLR(self.optimizer, c["step_size"], c["gamma"])
+        elif c["scheduler"] == "cosine":
+            self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, max(1, c["epochs"]))
+        elif c["scheduler"] == "exponential":
+            self.scheduler = torch.optim.lr_scheduler.ExponentialLR(self.optimizer, c["gamma"])
+        else:
+            self.scheduler = None
+        self.forward = forward or (lambda m, inputs: m(*inputs))
+        self.out_dir = out_dir
+        self.epoch = 0
+        self.best = float("inf")
+        self.history: list[dict[str, Any]] = []
+        if out_dir and self.rank == 0:
+            os.makedirs(out_dir, exist_ok=True)
+
+    # -- checkpoints ---------------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.module.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "epoch": self.epoch, "best": self.best, "rng": _rng_state(), "config": dict(self.config),
+        }
+
+    def save_checkpoint(self, path: str) -> None:
+        """Write the full training state (rank 0 only; atomic rename so an interrupt leaves the old file)."""
+        if self.rank != 0:
+            return
+        tmp = path + ".tmp"
+        torch.save(self.state_dict(), tmp)
+        os.replace(tmp, path)
+
+    def load_checkpoint(self, path: str) -> None:
+        """Restore the state written by :meth:`save_checkpoint`; training continues at the next epoch."""
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"checkpoint {path!r} does not exist")
+        st = torch.load(path, map_location=self.device, weights_only=False)
+        missing = [k for k in ("model", "optimizer", "epoch", "rng") if k not in st]
+        if missing:
+            raise KeyError(f"checkpoint {path!r} lacks {missing}; is it a Trainer checkpoint?")
+        self.module.load_state_dict(st["model"])
+        self.optimizer.load_state_dict(st["optimizer"])
+        if self.scheduler is not None and st.get("scheduler") is not None:
+            self.scheduler.load_state_dict(st["scheduler"])
+        self.epoch, self.best = int(st["epoch"]), float(st["best"])
+        _set_rng_state(st["rng"])
+
+    # -- loops ---------------------------------------------------------------------------------------------
+    def _loader(self, ds: Dataset, train: bool) -> DataLoader:
+        bs = self.config["batch_size"]
+        if self.distributed:
+            from torch.utils.data.distributed import DistributedSampler
+
+            sampler = DistributedSampler(ds, shuffle=train, seed=self.config["seed"], drop_last=False)
+            sampler.set_epoch(self.epoch)
+            return DataLoader(ds, batch_size=bs // self.world if train else bs, sampler=sampler)
+        g = torch.Generator().manual_seed(self.config["seed"] * 100003 + self.epoch)
+        return DataLoader(ds, batch_size=bs, shuffle=train, generator=g if train else None)
+
+    def _to(self, batch: Any) -> list[torch.Tensor]:
+        return [b.to(self.device) for b in batch]
+
+    def train_epoch(self, ds: Dataset) -> float:
+        """One pass over ``ds``; returns the mean training loss (averaged over ranks)."""
+        self.model.train()
+        total, count = 0.0, 0
+        for batch in self._loader(ds, True):
+            *inputs, y = self._to(batch)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss = self.loss_fn(self.forward(self.model, tuple(inputs)), y)
+            loss.backward()
+            self.optimizer.step()
+            total += float(loss.detach()) * y.shape[0]
+            count += y.shape[0]
+        if self.scheduler is not None:
+            self.scheduler.step()
+        return self._allmean(total, count)
+
+    def _allmean(self, total: float, count: int) -> float:
+        if self.distributed:
+            t = torch.tensor([total, float(count)], dtype=torch.float64,
+                             device=self.device if self.device.type == "cuda" else "cpu")
+            torch.distributed.all_reduce(t)
+            total, count = float(t[0]), int(t[1])
+        return total / max(count, 1)
+
+    @torch.no_grad()
+    def evaluate(self, ds: Dataset) -> dict[str, float]:
+        """Relative L2 error and MSE on ``ds`` (per-sample relative L2 averaged)."""
+        self.model.eval()
+        rel, mse, count = 0.0, 0.0, 0
+        for batch in self._loader(ds, False):
+            *inputs, y = self._to(batch)
+            pred = self.forward(self.module, tuple(inputs))
+            rel += float(LpLoss(2, reduction="sum")(pred, y))
+            mse += float(((pred - y) ** 2).reshape(y.shape[0], -1).mean(1).sum())
+            count += y.shape[0]
+        return {"rel_l2": self._allmean(rel, count), "mse": self._allmean(mse, count)}
+
+    def fit(self, train: Dataset, evals: Optional[Mapping[str, Dataset]] = None,
+            resume: Union[bool, str] = False) -> list[dict[str, Any]]:
+        """Train until ``config['epochs']``; ``evals``: name -> data set (e.g. per resolution); the first is
+        used for the best checkpoint. ``resume``: True (``out_dir/last.pt`` if present) or a checkpoint path."""
+        if resume:
+            path = resume if isinstance(resume, str) else os.path.join(self.out_dir or ".", "last.pt")
+            if isinstance(resume, str) or os.path.exists(path):
+                self.load_checkpoint(path)
+        evals = dict(evals or {})
+        bar = None
+        if self.rank == 0 and self.config["progress"]:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=self.config["epochs"], initial=self.epoch, desc="train", leave=False)
+        while self.epoch < self.config["epochs"]:
+            train_loss = self.train_epoch(train)
+            self.epoch += 1
+            rec: dict[str, Any] = {"epoch": self.epoch, "train_loss": train_loss,
+                                   "lr": self.optimizer.param_groups[0]["lr"]}
+            if evals and (self.epoch % self.config["eval_every"] == 0 or self.epoch == self.config["epochs"]):
+                for name, ds in evals.items():
+                    for k, v in self.evaluate(ds).items():
+                        rec[f"{name}/{k}"] = v
+                key = f"{next(iter(evals))}/rel_l2"
+                if rec[key] < self.best:
+                    self.best = rec[key]
+                    if self.out_dir:
+                        self.save_checkpoint(os.path.join(self.out_dir, "best.pt"))
+            self.history.append(rec)
+            if self.out_dir:
+                self.save_checkpoint(os.path.join(self.out_dir, "last.pt"))
+                if self.rank == 0:
+                    with open(os.path.join(self.out_dir, "metrics.jsonl"), "a") as f:
+                        f.write(json.dumps(rec) + "\n")
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{train_loss:.3e}")
+        if bar is not None:
+            bar.close()
+        return self.history
