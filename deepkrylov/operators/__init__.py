@@ -5,3 +5,8 @@ from . import convert  # noqa: E402
 from .convert import UNet, converted_unet  # noqa: E402
 from .fno import FNO, SpectralConv  # noqa: E402
 from .mgno import MgConv, MgNO  # noqa: E402
+
+# DeepONet, losses and the shared Trainer
+from .deeponet import MLP, CNNBranch, DeepONet, periodic_features, pod_basis  # noqa: E402
+from .losses import H1Loss, LpLoss  # noqa: E402
+from .trainer import MODELS, TrainConfig, Trainer, make_loss, register_model  # noqa: E402
