@@ -1,0 +1,237 @@
+"""``deepkrylov datagen``, ``deepkrylov eval`` and ``deepkrylov train deeponet|mgno|fno``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+from typing import Any, Optional
+
+import numpy as np
+import torch
+
+log = logging.getLogger("deepkrylov.operators")
+
+# input field, target field, (coordinate field for DeepONet) per problem, by the fields present in the file
+_LAYOUTS = (
+    ("u", "s", "y"),      # antiderivative
+    ("a", "u", "x"),      # burgers (x) / darcy (no coordinates)
+    ("w0", "w", None),    # navier-stokes (last recorded step)
+)
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",") if v]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers like 100,40,40, but got {text!r}")
+
+
+def register(sub: Any, train_sub: Any) -> None:
+    from .data import GENERATORS
+
+    g = sub.add_parser("datagen", help="generate a seeded PDE data set as HDF5",
+                       description="Generate a data set; under mpiexec the ranks split the samples.")
+    g.add_argument("problem", help=f"one of {sorted(GENERATORS)}")
+    g.add_argument("--samples", type=int, default=1000)
+    g.add_argument("--n", type=int, default=None, help="resolution (points per axis); generator default if unset")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--viscosity", type=float, default=None, help="burgers / navier_stokes viscosity")
+    g.add_argument("--pointwise", action="store_true", help="antiderivative: unaligned triples")
+    g.add_argument("--out", required=True, help="HDF5 file to write")
+    g.set_defaults(func=_cmd_datagen)
+
+    e = sub.add_parser("eval", help="errors of a trained operator model on a data set, and a comparison PNG")
+    e.add_argument("--run", required=True, help="training output directory (model.json + best.pt/last.pt)")
+    e.add_argument("--data", required=True)
+    e.add_argument("--checkpoint", default="best.pt")
+    e.add_argument("--png", default=None, help="write prediction vs truth for a few samples")
+    e.add_argument("--samples", type=int, default=3)
+    e.set_defaults(func=_cmd_eval)
+
+    for name, helptext in (("deeponet", "DeepONet (aligned data)"), ("mgno", "MgNO on grid data"),
+                           ("fno", "FNO on grid data")):
+        t = train_sub.add_parser(name, help=f"train {helptext} with the shared Trainer")
+        t.add_argument("--data", required=True, help="HDF5 data set from deepkrylov datagen")
+        t.add_argument("--test", default=None, help="separate test set (default: hold out of --data)")
+        t.add_argument("--ntrain", type=int, default=None, help="training samples (default 80%% of --data)")
+        t.add_argument("--epochs", type=int, default=100)
+        t.add_argument("--batch-size", type=int, default=32)
+        t.add_argument("--lr", type=float, default=1e-3)
+        t.add_argument("--loss", default="l2" if name != "deeponet" else "mse", choices=("l2", "l1", "mse", "h1"))
+        t.add_argument("--scheduler", default="none", choices=("none", "step", "cosine", "exponential"))
+        t.add_argument("--seed", type=int, default=0)
+        t.add_argument("--out", default=f"runs/{name}")
+        t.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+        if name == "deeponet":
+            t.add_argument("--branch", type=_ints, default=[40, 40], help="hidden+output widths (input added)")
+            t.add_argument("--trunk", type=_ints, default=[40, 40])
+            t.add_argument("--pod", type=int, default=0, help="POD-DeepONet with this many modes")
+            t.add_argument("--activation", default="relu")
+        else:
+            t.add_argument("--width", type=int, default=24 if name == "mgno" else 32)
+            t.add_argument("--layers", type=int, default=4)
+            t.add_argument("--modes", type=int, default=12, help="FNO Fourier modes")
+        t.set_defaults(func=_cmd_train, model=name)
+
+
+def _cmd_datagen(args: argparse.Namespace) -> int:
+    from .data import GENERATORS
+
+    if args.problem not in GENERATORS:
+        raise SystemExit(f"deepkrylov datagen: problem must be one of {sorted(GENERATORS)}, got {args.problem!r}")
+    kw: dict[str, Any] = {"seed": args.seed, "path": args.out}
+    if args.problem == "antiderivative":
+        kw["aligned"] = not args.pointwise
+    if args.n is not None:
+        kw["nx" if args.problem == "diffusion_reaction" else "m" if args.problem == "antiderivative" else "n"] = args.n
+    if args.viscosity is not None:
+        kw["viscosity"] = args.viscosity
+    GENERATORS[args.problem](args.samples, **kw)
+    print(f"wrote {args.out}")
+    return 0
+
+
+def load_arrays(path: str) -> tuple[np.ndarray, np.ndarray, Optional[np.ndarray]]:
+    """``(inputs (N, ...), targets (N, ...), coordinates or None)`` of a generated file, with clear errors."""
+    from .data import load_dataset
+
+    arrays, _ = load_dataset(path)
+    for inp, tgt, crd in _LAYOUTS:
+        if inp in arrays and tgt in arrays:
+            x, y = arrays[inp], arrays[tgt]
+            if tgt == "w":
+                y = y[:, -1]
+            if x.shape[0] != y.shape[0]:
+                raise ValueError(f"{path!r}: {inp!r} has {x.shape[0]} samples but {tgt!r} has {y.shape[0]}")
+            c = arrays.get(crd) if crd else None
+            if c is not None and c.ndim == 1:
+                c = c[:, None]
+            return x, y, c
+    raise KeyError(f"{path!r} has fields {sorted(arrays)}; expected one of the pairs "
+                   f"{[(i, t) for i, t, _ in _LAYOUTS]}")
+
+
+def build_model(spec: dict[str, Any]) -> torch.nn.Module:
+    """Model from the JSON spec written next to a training run (``model.json``)."""
+    from . import FNO, DeepONet, MgNO
+
+    name = spec["model"]
+    if name == "deeponet":
+        pod = None
+        if spec.get("pod"):
+            pod = (torch.zeros(spec["npoints"]), torch.zeros(spec["npoints"], spec["pod"]))
+            return DeepONet([spec["m"]] + spec["branch"][:-1] + [spec["pod"]], None, spec["activation"], pod=pod)
+        return DeepONet([spec["m"]] + spec["branch"], [spec["d"]] + spec["trunk"], spec["activation"])
+    if name == "mgno":
+        return MgNO(1, 1, channels=spec["width"], num_layers=spec["layers"], dim=spec["dim"])
+    if name == "fno":
+        return FNO(1, 1, modes=spec["modes"], width=spec["width"], num_layers=spec["layers"], dim=spec["dim"])
+    raise ValueError(f"model must be one of ('deeponet', 'mgno', 'fno'), but got {name!r}")
+
+
+def _datasets(model: str, x: np.ndarray, y: np.ndarray, c: Optional[np.ndarray]) -> tuple[Any, Any]:
+    from torch.utils.data import TensorDataset
+
+    xt, yt = torch.as_tensor(x, dtype=torch.float32), torch.as_tensor(y, dtype=torch.float32)
+    if model == "deeponet":
+        if c is None:
+            c = np.arange(y.shape[1], dtype=np.float64)[:, None] / y.shape[1]
+        if xt.ndim != 2 or yt.ndim != 2:
+            raise ValueError(f"deeponet needs 1D inputs/outputs (N, m)/(N, P), got {tuple(xt.shape)}, "
+                             f"{tuple(yt.shape)}")
+        return TensorDataset(xt, yt), torch.as_tensor(c, dtype=torch.float32)
+    return TensorDataset(xt[:, None], yt[:, None]), None
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from .trainer import Trainer
+
+    x, y, c = load_arrays(args.data)
+    if args.test:
+        xs, ys, _ = load_arrays(args.test)
+        ntrain = x.shape[0] if args.ntrain is None else args.ntrain
+    else:
+        ntrain = int(0.8 * x.shape[0]) if args.ntrain is None else args.ntrain
+        xs, ys = x[ntrain:], y[ntrain:]
+    if not 1 <= ntrain <= x.shape[0] or len(xs) == 0:
+        raise SystemExit(f"need 1 <= ntrain <= {x.shape[0]} and a non-empty test set, got ntrain={ntrain}")
+    x, y = x[:ntrain], y[:ntrain]
+    spec: dict[str, Any] = {"model": args.model}
+    train, coords = _datasets(args.model, x, y, c)
+    test, _ = _datasets(args.model, xs, ys, c)
+    if args.model == "deeponet":
+        spec.update(m=x.shape[1], d=coords.shape[1], branch=args.branch, trunk=args.trunk, pod=args.pod,
+                    activation=args.activation, npoints=y.shape[1])
+        model = build_model(spec)
+        if args.pod:
+            from .deeponet import pod_basis
+
+            mean, modes = pod_basis(torch.as_tensor(y, dtype=torch.float32), args.pod)
+            model.pod_mean.copy_(mean)
+            model.pod_modes.copy_(modes)
+        cdev = coords
+
+        def fwd(m: torch.nn.Module, inputs: tuple) -> torch.Tensor:
+            return m(inputs[0], cdev.to(inputs[0].device))
+    else:
+        spec.update(width=args.width, layers=args.layers, modes=args.modes, dim=x.ndim - 1)
+        model = build_model(spec)
+        fwd = None  # type: ignore[assignment]
+    cfg = dict(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, loss=args.loss, scheduler=args.scheduler,
+               seed=args.seed, loss_dim=max(1, x.ndim - 1))
+    os.makedirs(args.out, exist_ok=True)
+    if args.model == "deeponet":
+        np.save(os.path.join(args.out, "coords.npy"), coords.numpy())
+    with open(os.path.join(args.out, "model.json"), "w") as f:
+        json.dump(spec, f)
+    trainer = Trainer(model, cfg, out_dir=args.out, forward=fwd)
+    hist = trainer.fit(train, {"test": test}, resume=args.resume)
+    last = hist[-1] if hist else {}
+    print(json.dumps(last))
+    return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from .losses import LpLoss
+
+    with open(os.path.join(args.run, "model.json")) as f:
+        spec = json.load(f)
+    model = build_model(spec)
+    st = torch.load(os.path.join(args.run, args.checkpoint), map_location="cpu", weights_only=False)
+    model.load_state_dict(st["model"])
+    model.eval()
+    x, y, c = load_arrays(args.data)
+    ds, coords = _datasets(spec["model"], x, y, c)
+    xin, yt = ds.tensors
+    with torch.no_grad():
+        pred = model(xin, coords) if spec["model"] == "deeponet" else model(xin)
+    rel = float(LpLoss(2)(pred, yt))
+    mse = float(((pred - yt) ** 2).mean())
+    print(json.dumps({"rel_l2": rel, "mse": mse, "samples": int(yt.shape[0])}))
+    if args.png:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        k = min(args.samples, yt.shape[0])
+        p, t = pred.reshape(yt.shape[0], *yt.shape[1:]).squeeze(1), yt.squeeze(1)
+        if t.ndim == 2:
+            fig, axs = plt.subplots(1, k, figsize=(4 * k, 3), squeeze=False)
+            for i in range(k):
+                axs[0, i].plot(t[i].numpy(), label="truth")
+                axs[0, i].plot(p[i].numpy(), "--", label="prediction")
+                axs[0, i].legend()
+        else:
+            fig, axs = plt.subplots(k, 3, figsize=(10, 3 * k), squeeze=False)
+            for i in range(k):
+                for j, (img, title) in enumerate(((t[i], "truth"), (p[i], "prediction"), (p[i] - t[i], "error"))):
+                    im = axs[i, j].imshow(img.numpy())
+                    axs[i, j].set_title(title)
+                    fig.colorbar(im, ax=axs[i, j])
+        fig.tight_layout()
+        fig.savefig(args.png, dpi=100)
+        print(f"wrote {args.png}")
+    return 0
