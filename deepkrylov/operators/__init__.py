@@ -10,3 +10,7 @@ from .mgno import MgConv, MgNO  # noqa: E402
 from .deeponet import MLP, CNNBranch, DeepONet, periodic_features, pod_basis  # noqa: E402
 from .losses import H1Loss, LpLoss  # noqa: E402
 from .trainer import MODELS, TrainConfig, Trainer, make_loss, register_model  # noqa: E402
+
+register_model("deeponet", DeepONet)
+register_model("mgno", MgNO)
+register_model("fno", FNO)
