@@ -148,9 +148,12 @@ def _datasets(model: str, x: np.ndarray, y: np.ndarray, c: Optional[np.ndarray])
 def _cmd_train(args: argparse.Namespace) -> int:
     from .trainer import Trainer
 
-    x, y, c = load_arrays(args.data)
+    try:
+        x, y, c = load_arrays(args.data)
+        xs, ys, _ = load_arrays(args.test) if args.test else (None, None, None)
+    except (KeyError, ValueError, FileNotFoundError) as err:
+        raise SystemExit(f"deepkrylov train {args.model}: {err}")
     if args.test:
-        xs, ys, _ = load_arrays(args.test)
         ntrain = x.shape[0] if args.ntrain is None else args.ntrain
     else:
         ntrain = int(0.8 * x.shape[0]) if args.ntrain is None else args.ntrain

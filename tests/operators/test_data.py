@@ -1,0 +1,114 @@
+"""Generators against analytic references; HDF5 I/O and CLI errors for bad input."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from deepkrylov.operators.data import (
+    antiderivative, generate, generate_antiderivative, generate_burgers, generate_darcy,
+    generate_diffusion_reaction, load_dataset, save_dataset, solve_burgers, solve_darcy, solve_diffusion_reaction,
+)
+
+
+def test_antiderivative_of_known_function() -> None:
+    x = np.linspace(0, 1, 100)
+    s = antiderivative(x, np.cos(2 * np.pi * x), x)
+    np.testing.assert_allclose(s[0], np.sin(2 * np.pi * x) / (2 * np.pi), atol=1e-8)
+    with pytest.raises(ValueError, match="domain"):
+        antiderivative(x, np.cos(x), np.array([0.5, 1.5]))
+    with pytest.raises(ValueError, match="sensors must lie"):
+        generate_antiderivative(2, sensors=np.linspace(-0.1, 1, 10))
+
+
+def test_antiderivative_sets_seeded_and_consistent(tmp_path) -> None:
+    a = generate_antiderivative(20, m=50, num_points=30, seed=3, path=str(tmp_path / "a.h5"))
+    b, attrs = load_dataset(str(tmp_path / "a.h5"), ["u", "y", "s"], {"u": (20, 50), "s": (20, 30)})
+    np.testing.assert_array_equal(a["u"], b["u"])
+    assert attrs["seed"] == 3 and attrs["problem"] == "antiderivative" and attrs["length"] == 0.2
+    # derivative of s (finite differences) ~ u at the output points; s(0) = 0
+    assert np.abs(a["s"][:, 0]).max() == 0.0
+    up = generate_antiderivative(20, m=50, aligned=False, seed=3)
+    assert up["u"].shape == (20, 50) and up["y"].shape == (20, 1) and up["s"].shape == (20,)
+    np.testing.assert_allclose(up["u"], a["u"])  # same functions, one random point each
+    assert not np.array_equal(generate_antiderivative(3, seed=4)["u"], generate_antiderivative(3, seed=5)["u"])
+
+
+def test_burgers_small_viscosity_matches_characteristics() -> None:
+    n, t = 256, 0.1
+    x = np.arange(n) / n
+    u0 = 0.5 * np.sin(2 * np.pi * x)
+    ref = u0.copy()
+    for _ in range(200):  # implicit characteristics u = u0(x - u t), smooth before the shock time 1/pi
+        ref = 0.5 * np.sin(2 * np.pi * (x - ref * t))
+    u = solve_burgers(u0, 1e-5, t, 1e-4)[0]
+    assert np.abs(u - ref).max() < 1e-4
+    d = generate_burgers(3, n=32, T=0.05, progress_bar=False)
+    assert d["a"].shape == d["u"].shape == (3, 32)
+
+
+def test_diffusion_reaction_linear_case() -> None:
+    nx, D = 101, 0.01
+    x = np.linspace(0, 1, nx)
+    _, t, s = solve_diffusion_reaction(np.sin(np.pi * x), D, 0.0, 1.0, 1000)
+    lam = D * np.pi**2
+    exact = np.sin(np.pi * x) * (1 - np.exp(-lam)) / lam
+    assert np.abs(s[0, -1] - exact).max() < 2e-4 * np.abs(exact).max() * 10
+    d = generate_diffusion_reaction(2, nx=20, nt=10, progress_bar=False)
+    assert d["s"].shape == (2, 10, 20) and np.all(d["s"][:, :, [0, -1]] == 0)
+
+
+def test_darcy_constant_coefficient_is_poisson() -> None:
+    n = 32
+    c = (np.arange(n) + 0.5) / n
+    X, Y = np.meshgrid(c, c, indexing="ij")
+    exact = np.sin(np.pi * X) * np.sin(np.pi * Y)
+    u = solve_darcy(np.full((n, n), 2.0), 2.0 * 2 * np.pi**2 * exact)[0]
+    assert np.abs(u - exact).max() < 2e-3
+    u2 = solve_darcy(np.full((2 * n, 2 * n), 2.0), 2.0 * 2 * np.pi**2 * np.sin(np.pi * ((np.arange(2 * n) + 0.5) / (2 * n)))[:, None]
+                     * np.sin(np.pi * ((np.arange(2 * n) + 0.5) / (2 * n)))[None])[0]
+    assert np.abs(u2[1::2, 1::2]).max() > 0.9  # second order: error shrinks ~4x under refinement
+    d = generate_darcy(2, n=16, progress_bar=False)
+    assert set(np.unique(d["a"])) <= {3.0, 12.0} and (d["u"] > 0).all()
+    with pytest.raises(ValueError, match="positive"):
+        solve_darcy(np.zeros((4, 4)))
+
+
+def test_io_errors(tmp_path) -> None:
+    p = str(tmp_path / "x.h5")
+    save_dataset(p, {"u": np.zeros((3, 4))}, {"seed": 0, "list": [1, 2]})
+    with pytest.raises(KeyError, match="lacks field"):
+        load_dataset(p, ["u", "s"])
+    with pytest.raises(ValueError, match="has shape"):
+        load_dataset(p, shapes={"u": (3, 5)})
+    with pytest.raises(FileNotFoundError):
+        load_dataset(str(tmp_path / "none.h5"))
+    with pytest.raises(ValueError, match="problem must be one of"):
+        generate("heat", num_samples=2)
+
+
+def _cli(*args: str, cwd) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "deepkrylov.cli", *args], capture_output=True, text=True, cwd=cwd,
+                          timeout=120)
+
+
+def test_cli_round_trip_and_errors(tmp_path) -> None:
+    r = _cli("datagen", "antiderivative", "--samples", "40", "--n", "20", "--out", "a.h5", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    r = _cli("train", "deeponet", "--data", "a.h5", "--epochs", "2", "--out", "run", "--branch", "8,8", "--trunk",
+             "8,8", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    r = _cli("eval", "--run", "run", "--data", "a.h5", "--png", "p.png", cwd=tmp_path)
+    assert r.returncode == 0 and (tmp_path / "p.png").exists(), r.stderr
+    r = _cli("datagen", "heat", "--out", "h.h5", cwd=tmp_path)
+    assert r.returncode != 0 and "problem must be one of" in r.stderr
+    save_dataset(str(tmp_path / "bad.h5"), {"u": np.zeros((3, 4))})
+    r = _cli("train", "deeponet", "--data", "bad.h5", "--epochs", "1", cwd=tmp_path)
+    assert r.returncode != 0 and "expected one of the pairs" in r.stderr
+    save_dataset(str(tmp_path / "bad2.h5"), {"u": np.zeros((3, 4)), "s": np.zeros((2, 4))})
+    r = _cli("train", "deeponet", "--data", "bad2.h5", "--epochs", "1", cwd=tmp_path)
+    assert r.returncode != 0 and "samples" in r.stderr
