@@ -88,7 +88,9 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="deepkrylov", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="deepkrylov", description="deepkrylov: distributed Krylov and DCDM solvers, PETSc interop, and neural operators."
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress (rank 0)")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("info", help="versions, MPI/PETSc/devices, and the rank layout under mpiexec")
