@@ -1,0 +1,102 @@
+"""DeepONet benchmark: antiderivative (paper configuration) vs DeepXDE on the same generated data, and Burgers
+(128 points, 1000/200) relative L2 for DeepONet and POD-DeepONet.
+
+    DDE_BACKEND=pytorch .venv/bin/python benchmarks/deeponet.py --iterations 50000   # the paper's budget
+    .venv/bin/python benchmarks/deeponet.py --iterations 2000                          # a quick run
+
+Aligned data: 100 training functions x 100 points = 10,000 triples; 1,000 test functions x 100 points =
+100,000 test triples. Both libraries: branch [100,40,40], trunk [1,40,40], ReLU, Glorot normal, Adam 1e-3, full
+batch, MSE loss, float32, one thread. Prints a table and writes benchmarks/results/deeponet.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+
+os.environ.setdefault("DDE_BACKEND", "pytorch")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from torch.utils.data import TensorDataset  # noqa: E402
+
+from deepkrylov.operators import DeepONet, LpLoss, Trainer, pod_basis  # noqa: E402
+from deepkrylov.operators.data import generate_antiderivative, generate_burgers  # noqa: E402
+
+
+def ours(u_tr, s_tr, u_te, s_te, y, branch, trunk, iterations, pod=None, loss="mse"):  # type: ignore[no-untyped-def]
+    torch.manual_seed(0)
+    model = DeepONet(branch, trunk, "relu", pod=pod)
+    yt = torch.as_tensor(y, dtype=torch.float32)
+    ds = TensorDataset(torch.as_tensor(u_tr, dtype=torch.float32), torch.as_tensor(s_tr, dtype=torch.float32))
+    tr = Trainer(model, dict(epochs=iterations, batch_size=len(ds), lr=1e-3, loss=loss, progress=False, seed=0),
+                 forward=lambda m, inp: m(inp[0], yt))
+    t0 = time.perf_counter()
+    tr.fit(ds)
+    dt = time.perf_counter() - t0
+    with torch.no_grad():
+        pred = model(torch.as_tensor(u_te, dtype=torch.float32), yt)
+    st = torch.as_tensor(s_te, dtype=torch.float32)
+    return {"test_mse": float(((pred - st) ** 2).mean()), "rel_l2": float(LpLoss(2)(pred, st)),
+            "s_per_1000_it": 1000 * dt / iterations}
+
+
+def deepxde(u_tr, s_tr, u_te, s_te, y, iterations):  # type: ignore[no-untyped-def]
+    import deepxde as dde
+
+    dde.config.set_random_seed(0)
+    data = dde.data.TripleCartesianProd(X_train=(u_tr.astype(np.float32), y.astype(np.float32)),
+                                        y_train=s_tr.astype(np.float32),
+                                        X_test=(u_te.astype(np.float32), y.astype(np.float32)),
+                                        y_test=s_te.astype(np.float32))
+    net = dde.nn.DeepONetCartesianProd([u_tr.shape[1], 40, 40], [y.shape[1], 40, 40], "relu", "Glorot normal")
+    model = dde.Model(data, net)
+    model.compile("adam", lr=1e-3)
+    t0 = time.perf_counter()
+    model.train(iterations=iterations, display_every=max(iterations, 1), verbose=0)
+    dt = time.perf_counter() - t0
+    pred = model.predict((u_te.astype(np.float32), y.astype(np.float32)))
+    rel = np.mean(np.linalg.norm(pred - s_te, axis=1) / np.linalg.norm(s_te, axis=1))
+    return {"test_mse": float(np.mean((pred - s_te) ** 2)), "rel_l2": float(rel), "s_per_1000_it": 1000 * dt / iterations}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--iterations", type=int, default=50000)
+    ap.add_argument("--burgers-iterations", type=int, default=None, help="default: --iterations")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--skip-deepxde", action="store_true")
+    ap.add_argument("--out", default="benchmarks/results/deeponet.json")
+    a = ap.parse_args()
+    torch.set_num_threads(a.threads)
+    rows = []
+    tr = generate_antiderivative(100, m=100, num_points=100, seed=0)
+    te = generate_antiderivative(1000, m=100, num_points=100, seed=1)
+    y = tr["y"]
+    r = ours(tr["u"], tr["s"], te["u"], te["s"], y, [100, 40, 40], [1, 40, 40], a.iterations)
+    rows.append({"problem": "antiderivative", "model": "deepkrylov DeepONet", **r})
+    if not a.skip_deepxde:
+        r = deepxde(tr["u"], tr["s"], te["u"], te["s"], y, a.iterations)
+        rows.append({"problem": "antiderivative", "model": "DeepXDE DeepONetCartesianProd", **r})
+    bi = a.burgers_iterations or a.iterations
+    b = generate_burgers(1200, n=128, viscosity=0.1, T=1.0, dt=1e-3, seed=0, progress_bar=False)
+    ub, sb, xb = b["a"], b["u"], b["x"][:, None]
+    args = (ub[:1000], sb[:1000], ub[1000:], sb[1000:], xb)
+    r = ours(*args, [128, 128, 128, 128, 100], [1, 128, 128, 128, 100], bi, loss="l2")
+    rows.append({"problem": "burgers", "model": "deepkrylov DeepONet", **r})
+    pod = pod_basis(torch.as_tensor(sb[:1000], dtype=torch.float32), 32)
+    r = ours(*args, [128, 128, 128, 32], None, bi, pod=pod, loss="l2")
+    rows.append({"problem": "burgers", "model": "deepkrylov POD-DeepONet (32 modes)", **r})
+    print(f"{'problem':15s} {'model':36s} {'test MSE':>10s} {'rel L2':>9s} {'s/1000 it':>10s}")
+    for r in rows:
+        print(f"{r['problem']:15s} {r['model']:36s} {r['test_mse']:10.3e} {r['rel_l2']:9.4f} {r['s_per_1000_it']:10.3f}")
+    os.makedirs(os.path.dirname(a.out), exist_ok=True)
+    with open(a.out, "w") as f:
+        json.dump({"iterations": a.iterations, "burgers_iterations": bi, "threads": a.threads,
+                   "torch": torch.__version__, "rows": rows}, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
