@@ -176,16 +176,24 @@ class Trainer:
         _set_rng_state(st["rng"])
 
     # -- loops ---------------------------------------------------------------------------------------------
-    def _loader(self, ds: Dataset, train: bool) -> DataLoader:
+    def _loader(self, ds: Dataset, train: bool) -> Any:
+        """Batches of ``ds``: shuffled by a generator seeded with (seed, epoch) or by a DistributedSampler.
+        A TensorDataset is sliced directly (no per-sample collation)."""
         bs = self.config["batch_size"]
         if self.distributed:
             from torch.utils.data.distributed import DistributedSampler
 
-            sampler = DistributedSampler(ds, shuffle=train, seed=self.config["seed"], drop_last=False)
+            sampler: Any = DistributedSampler(ds, shuffle=train, seed=self.config["seed"], drop_last=False)
             sampler.set_epoch(self.epoch)
-            return DataLoader(ds, batch_size=bs // self.world if train else bs, sampler=sampler)
-        g = torch.Generator().manual_seed(self.config["seed"] * 100003 + self.epoch)
-        return DataLoader(ds, batch_size=bs, shuffle=train, generator=g if train else None)
+            bs = max(1, bs // self.world) if train else bs
+            order = torch.as_tensor(list(iter(sampler)), dtype=torch.long)
+        else:
+            g = torch.Generator().manual_seed(self.config["seed"] * 100003 + self.epoch)
+            n = len(ds)  # type: ignore[arg-type]
+            order = torch.randperm(n, generator=g) if train else torch.arange(n)
+        if isinstance(ds, torch.utils.data.TensorDataset):
+            return [tuple(t[order[i:i + bs]] for t in ds.tensors) for i in range(0, len(order), bs)]
+        return DataLoader(torch.utils.data.Subset(ds, order.tolist()), batch_size=bs, shuffle=False)
 
     def _to(self, batch: Any) -> list[torch.Tensor]:
         return [b.to(self.device) for b in batch]
