@@ -79,6 +79,18 @@ class Context:
         if self.size > 1:
             _init_torch_process_group(self._torch_backend(), self.rank, self.size, self.launcher)
 
+    def close_torch_distributed(self) -> None:
+        """Barrier, then destroy torch.distributed's default group so its worker threads are joined before the
+        interpreter exits (a gloo thread that drops a tensor during finalisation aborts the process). Drop DDP
+        modules first: they hold the group. No-op when no group exists."""
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            import gc
+
+            torch.distributed.barrier()
+            gc.collect()
+            torch.distributed.destroy_process_group()
+            gc.collect()
+
     def _torch_backend(self) -> str:
         if isinstance(self.comm, TorchComm):
             return self.comm.backend

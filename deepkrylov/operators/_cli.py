@@ -59,6 +59,8 @@ def register(sub: Any, train_sub: Any) -> None:
         t.add_argument("--epochs", type=int, default=100)
         t.add_argument("--batch-size", type=int, default=32)
         t.add_argument("--lr", type=float, default=1e-3)
+        t.add_argument("--optimizer", default="adam", choices=("adam", "adamw", "sgd"))
+        t.add_argument("--weight-decay", type=float, default=0.0)
         t.add_argument("--loss", default="l2" if name != "deeponet" else "mse", choices=("l2", "l1", "mse", "h1"))
         t.add_argument("--scheduler", default="none", choices=("none", "step", "cosine", "exponential"))
         t.add_argument("--seed", type=int, default=0)
@@ -76,6 +78,15 @@ def register(sub: Any, train_sub: Any) -> None:
         t.set_defaults(func=_cmd_train, model=name)
 
 
+def _context() -> Any:
+    """The job's context; under mpiexec/torchrun also torch.distributed's default group (DDP in the Trainer)."""
+    from deepkrylov.distributed import init
+
+    ctx = init(backend="auto")
+    ctx.init_torch_distributed()
+    return ctx
+
+
 def _cmd_datagen(args: argparse.Namespace) -> int:
     from .data import GENERATORS
 
@@ -88,8 +99,16 @@ def _cmd_datagen(args: argparse.Namespace) -> int:
         kw["nx" if args.problem == "diffusion_reaction" else "m" if args.problem == "antiderivative" else "n"] = args.n
     if args.viscosity is not None:
         kw["viscosity"] = args.viscosity
-    GENERATORS[args.problem](args.samples, **kw)
-    print(f"wrote {args.out}")
+    from .data._common import rank_size
+
+    comm, rank, size = rank_size()
+    if args.problem == "navier_stokes":  # not rank-split: rank 0 generates and writes
+        if rank == 0:
+            GENERATORS[args.problem](args.samples, **kw)
+    else:  # the ranks split the samples (antiderivative: computed whole), rank 0 writes
+        GENERATORS[args.problem](args.samples, comm=comm, **kw)
+    if rank == 0:
+        print(f"wrote {args.out}")
     return 0
 
 
@@ -148,6 +167,7 @@ def _datasets(model: str, x: np.ndarray, y: np.ndarray, c: Optional[np.ndarray])
 def _cmd_train(args: argparse.Namespace) -> int:
     from .trainer import Trainer
 
+    ctx = _context()
     try:
         x, y, c = load_arrays(args.data)
         xs, ys, _ = load_arrays(args.test) if args.test else (None, None, None)
@@ -162,6 +182,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         raise SystemExit(f"need 1 <= ntrain <= {x.shape[0]} and a non-empty test set, got ntrain={ntrain}")
     x, y = x[:ntrain], y[:ntrain]
     spec: dict[str, Any] = {"model": args.model}
+    torch.manual_seed(args.seed)  # the initial weights depend on the seed only (torch's own seed is random)
     train, coords = _datasets(args.model, x, y, c)
     test, _ = _datasets(args.model, xs, ys, c)
     if args.model == "deeponet":
@@ -183,16 +204,20 @@ def _cmd_train(args: argparse.Namespace) -> int:
         model = build_model(spec)
         fwd = None  # type: ignore[assignment]
     cfg = dict(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, loss=args.loss, scheduler=args.scheduler,
-               seed=args.seed, loss_dim=max(1, x.ndim - 1))
-    os.makedirs(args.out, exist_ok=True)
-    if args.model == "deeponet":
-        np.save(os.path.join(args.out, "coords.npy"), coords.numpy())
-    with open(os.path.join(args.out, "model.json"), "w") as f:
-        json.dump(spec, f)
+               seed=args.seed, loss_dim=max(1, x.ndim - 1), optimizer=args.optimizer,
+               weight_decay=args.weight_decay)
+    if ctx.is_root:
+        os.makedirs(args.out, exist_ok=True)
+        if args.model == "deeponet":
+            np.save(os.path.join(args.out, "coords.npy"), coords.numpy())
+        with open(os.path.join(args.out, "model.json"), "w") as f:
+            json.dump(spec, f)
     trainer = Trainer(model, cfg, out_dir=args.out, forward=fwd)
     hist = trainer.fit(train, {"test": test}, resume=args.resume)
-    last = hist[-1] if hist else {}
-    print(json.dumps(last))
+    del trainer, model  # the DDP wrapper holds the process group
+    ctx.close_torch_distributed()
+    if ctx.is_root:
+        print(json.dumps(hist[-1] if hist else {}))
     return 0
 
 

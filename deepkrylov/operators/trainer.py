@@ -3,7 +3,8 @@
 Optimizer and scheduler from config, relative Lp/H1 losses, evaluation on several data sets (e.g. several
 resolutions), best and last checkpoints with resume to bitwise-identical parameters (model, optimizer,
 scheduler, epoch and RNG states are saved), metrics as JSON lines, a progress bar on rank 0, a seed, DDP when
-``torch.distributed`` is initialised (DistributedSampler; gloo on CPU, NCCL on CUDA), CUDA when present.
+``torch.distributed`` is initialised (gloo on CPU, NCCL on CUDA; the ranks split each global batch of the
+serial order, so a data-parallel run follows the serial one up to rounding), CUDA when present.
 Data sets yield tuples ``(*inputs, target)``; the model is called as ``model(*inputs)``.
 """
 
@@ -17,7 +18,7 @@ from typing import Any, Callable, Mapping, Optional, Union
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from .losses import H1Loss, LpLoss
 
@@ -176,40 +177,50 @@ class Trainer:
         _set_rng_state(st["rng"])
 
     # -- loops ---------------------------------------------------------------------------------------------
-    def _loader(self, ds: Dataset, train: bool) -> Any:
-        """Batches of ``ds``: shuffled by a generator seeded with (seed, epoch) or by a DistributedSampler.
-        A TensorDataset is sliced directly (no per-sample collation)."""
-        bs = self.config["batch_size"]
-        if self.distributed:
-            from torch.utils.data.distributed import DistributedSampler
+    def _order(self, ds: Dataset, train: bool) -> torch.Tensor:
+        """Sample order: a permutation seeded by (seed, epoch) for training, identity for evaluation. The same
+        on every rank, so a data-parallel run visits exactly the batches of the serial run."""
+        n = len(ds)  # type: ignore[arg-type]
+        if not train:
+            return torch.arange(n)
+        g = torch.Generator().manual_seed(self.config["seed"] * 100003 + self.epoch)
+        return torch.randperm(n, generator=g)
 
-            sampler: Any = DistributedSampler(ds, shuffle=train, seed=self.config["seed"], drop_last=False)
-            sampler.set_epoch(self.epoch)
-            bs = max(1, bs // self.world) if train else bs
-            order = torch.as_tensor(list(iter(sampler)), dtype=torch.long)
-        else:
-            g = torch.Generator().manual_seed(self.config["seed"] * 100003 + self.epoch)
-            n = len(ds)  # type: ignore[arg-type]
-            order = torch.randperm(n, generator=g) if train else torch.arange(n)
+    @staticmethod
+    def _fetch(ds: Dataset, idx: torch.Tensor) -> Any:
+        """The samples ``idx`` of ``ds`` as one batch (a TensorDataset is sliced, others are collated)."""
         if isinstance(ds, torch.utils.data.TensorDataset):
-            return [tuple(t[order[i:i + bs]] for t in ds.tensors) for i in range(0, len(order), bs)]
-        return DataLoader(torch.utils.data.Subset(ds, order.tolist()), batch_size=bs, shuffle=False)
+            return tuple(t[idx] for t in ds.tensors)
+        return torch.utils.data.default_collate([ds[int(i)] for i in idx])
 
     def _to(self, batch: Any) -> list[torch.Tensor]:
         return [b.to(self.device) for b in batch]
 
     def train_epoch(self, ds: Dataset) -> float:
-        """One pass over ``ds``; returns the mean training loss (averaged over ranks)."""
+        """One pass over ``ds``; returns the mean training loss (averaged over ranks).
+
+        ``batch_size`` is the global batch. Under DDP each global batch of the serial order is split into
+        ``world`` near-equal parts and each rank's loss is weighted by ``world * n_rank / n_batch``, so the
+        averaged gradient is that of the whole batch (for losses that are means over samples, as all here are);
+        a rank left without samples runs a zero-weighted step so the collective still matches."""
         self.model.train()
         total, count = 0.0, 0
-        for batch in self._loader(ds, True):
-            *inputs, y = self._to(batch)
+        order, bs = self._order(ds, True), self.config["batch_size"]
+        for i in range(0, len(order), bs):
+            batch_idx = order[i:i + bs]
+            nb = len(batch_idx)
+            idx = batch_idx[nb * self.rank // self.world: nb * (self.rank + 1) // self.world]
+            weight = len(idx) * self.world / nb
+            if len(idx) == 0:
+                idx = batch_idx[:1]
+            *inputs, y = self._to(self._fetch(ds, idx))
             self.optimizer.zero_grad(set_to_none=True)
             loss = self.loss_fn(self.forward(self.model, tuple(inputs)), y)
-            loss.backward()
+            (loss if weight == 1.0 else loss * weight).backward()
             self.optimizer.step()
-            total += float(loss.detach()) * y.shape[0]
-            count += y.shape[0]
+            if weight > 0:
+                total += float(loss.detach()) * y.shape[0]
+                count += y.shape[0]
         if self.scheduler is not None:
             self.scheduler.step()
         return self._allmean(total, count)
@@ -224,11 +235,14 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self, ds: Dataset) -> dict[str, float]:
-        """Relative L2 error and MSE on ``ds`` (per-sample relative L2 averaged)."""
+        """Relative L2 error and MSE on ``ds`` (per-sample values averaged); under DDP each rank evaluates a
+        contiguous share and the sums are all-reduced (no sample counted twice)."""
         self.model.eval()
         rel, mse, count = 0.0, 0.0, 0
-        for batch in self._loader(ds, False):
-            *inputs, y = self._to(batch)
+        n, bs = len(ds), self.config["batch_size"]  # type: ignore[arg-type]
+        lo, hi = n * self.rank // self.world, n * (self.rank + 1) // self.world
+        for i in range(lo, hi, bs):
+            *inputs, y = self._to(self._fetch(ds, torch.arange(i, min(i + bs, hi))))
             pred = self.forward(self.module, tuple(inputs))
             rel += float(LpLoss(2, reduction="sum")(pred, y))
             mse += float(((pred - y) ** 2).reshape(y.shape[0], -1).mean(1).sum())

@@ -13,6 +13,7 @@ from typing import Optional
 import numpy as np
 from scipy.interpolate import CubicSpline
 
+from ._common import rank_size
 from ._io import save_dataset
 
 __all__ = ["rbf_grf_1d", "antiderivative", "generate_antiderivative"]
@@ -41,8 +42,9 @@ def antiderivative(x: np.ndarray, u: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 def generate_antiderivative(num_samples: int, m: int = 100, num_points: int = 100, aligned: bool = True,
                             length: float = 0.2, seed: int = 0, path: Optional[str] = None,
-                            sensors: Optional[np.ndarray] = None) -> dict[str, np.ndarray]:
-    """Seeded data set (see the module docstring); ``num_points`` equispaced outputs when aligned."""
+                            sensors: Optional[np.ndarray] = None, comm: object = None) -> dict[str, np.ndarray]:
+    """Seeded data set (see the module docstring); ``num_points`` equispaced outputs when aligned. Cheap, so
+    every rank computes all of it; under mpiexec only rank 0 writes ``path``."""
     if m < 2 or num_points < 1:
         raise ValueError(f"need m >= 2 and num_points >= 1, but got {m}, {num_points}")
     xs = np.linspace(0.0, 1.0, m) if sensors is None else np.asarray(sensors, dtype=np.float64)
@@ -59,7 +61,7 @@ def generate_antiderivative(num_samples: int, m: int = 100, num_points: int = 10
         s = np.array([antiderivative(xs, u[i], y[i:i + 1])[0, 0] for i in range(num_samples)])
         data = {"u": u, "y": y[:, None], "s": s}
     data["sensors"] = xs
-    if path is not None:
+    if path is not None and rank_size(comm)[1] == 0:
         save_dataset(path, data, {"problem": "antiderivative", "num_samples": num_samples, "m": m,
                                   "num_points": num_points, "aligned": aligned, "length": length, "seed": seed})
     return data
