@@ -28,6 +28,12 @@ class LinearOperator:
         """``A x`` for a field ``x``."""
         raise NotImplementedError(f"{type(self).__name__}.apply")
 
+    def apply_into(self, x: Any, out: Any) -> Any:
+        """``out = A x``, reusing ``out``'s storage where the operator can (default: apply, then copy)."""
+        y = self.apply(x)
+        (out.local if hasattr(out, "local") else out).copy_(y.local if hasattr(y, "local") else y)
+        return out
+
     def diagonal(self) -> Any:
         """The diagonal of ``A`` (as a field of the grid's shape, or a vector)."""
         raise NotImplementedError(f"{type(self).__name__}.diagonal")

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 
 from deepkrylov.distributed import GridTensor
 
+from . import _kernels
 from .boundary import BoundaryConditions
 from .grid import StructuredGrid
 from .masks import EMPTY, FLUID
@@ -95,7 +96,9 @@ class DiffusionOperator(LinearOperator):
         # Uniform case (constant k, every cell fluid): scalar face weights, and diagonal corrections only on the
         # boundary layers, so apply() touches the field, its halo and its result and nothing else.
         self._uniform = None
-        if bool(fluid.all()) and bool((k == k.flatten()[0]).all()):
+        kinds = [kind for pair in bc.faces for kind in pair]
+        one_mode = bc.any_periodic == all(kind == "periodic" for kind in kinds)  # padding wraps every axis or none
+        if one_mode and bool(fluid.all()) and bool((k == k.flatten()[0]).all()):
             k0 = float(k.flatten()[0])
             t = [k0 / (grid.spacing[a] ** 2 if scaled else 1.0) for a in range(grid.ndim)]
             corr = []  # (axis, side, value): Dirichlet face +t (2t instead of t), Neumann -t, periodic none
@@ -172,8 +175,13 @@ class DiffusionOperator(LinearOperator):
         return F.pad(y, (1, 1) * nd, mode=mode).reshape(lead + tuple(s + 2 for s in self.grid.shape))
 
     def apply(self, x: Field) -> Field:
-        """``A x`` matrix-free: one halo exchange (GridTensor) or one padding, then the stencil in place."""
+        """``A x`` matrix-free. On CPU without autograd: one face exchange (GridTensor) and one compiled pass
+        that reads ``x`` once and writes the result once; otherwise one halo exchange (or padding) and shifted
+        slices (differentiable, any device)."""
         diag, weights = self._coefficients_for(x)
+        local = x.local if isinstance(x, GridTensor) else x
+        if self._compiled_ok(local):
+            return self._apply_compiled(x, local, diag, weights, None)
         nd = self.grid.ndim
         if isinstance(x, GridTensor):
             p, local = x.halo(1, self._mode()), x.local
@@ -196,6 +204,80 @@ class DiffusionOperator(LinearOperator):
             y = diag * local
             for a, (lo, hi) in enumerate(weights):
                 y.addcmul_(lo, shifted(a, 0), value=-1).addcmul_(hi, shifted(a, 2), value=-1)
+        return x.with_local(y) if isinstance(x, GridTensor) else y
+
+    def _faces(self, x: Field, x4: torch.Tensor) -> list:
+        """The six neighbour planes of the (B, n0, n1, n2) block ``x4``: received from neighbouring ranks, the
+        opposite face on a periodic axis held by this rank alone, or None (zero)."""
+        nd, off = self.grid.ndim, 3 - self.grid.ndim
+        faces: list = [None] * (2 * off)
+        for a in range(nd):
+            k = a + off
+            first = x4.select(k + 1, 0)
+            last = x4.select(k + 1, x4.shape[k + 1] - 1)
+            periodic = self.bc.faces[a][0] == "periodic"
+            if not isinstance(x, GridTensor):
+                faces += [last.contiguous(), first.contiguous()] if periodic else [None, None]
+                continue
+            g = x.grid
+            lo, hi = g.neighbour(a, -1, periodic), g.neighbour(a, +1, periodic)
+            flo = first.new_empty(first.shape) if lo is not None else None
+            fhi = first.new_empty(first.shape) if hi is not None else None
+            send_last = last.contiguous() if hi is not None else None
+            send_first = first.contiguous() if lo is not None else None
+            if lo == g.rank and hi == g.rank:
+                flo, fhi = send_last, send_first
+            else:  # my last plane goes up while the lower neighbour's comes in; then the other way
+                g.comm.sendrecv(send_last, hi, flo, lo)
+                g.comm.sendrecv(send_first, lo, fhi, hi)
+            faces += [flo, fhi]
+        return faces
+
+    def apply_into(self, x: Field, out: Field) -> Field:
+        """``out = A x`` without allocating (like PETSc's ``MatMult(A, x, y)``); ``out`` must not alias ``x``.
+        Krylov loops use it to reuse one buffer: a fresh result costs page faults comparable to the apply."""
+        diag, weights = self._coefficients_for(x)
+        local = x.local if isinstance(x, GridTensor) else x
+        dest = out.local if isinstance(out, GridTensor) else out
+        if (self._compiled_ok(local) and dest.shape == local.shape and dest.dtype == local.dtype
+                and dest.device == local.device and dest.is_contiguous() and dest.data_ptr() != local.data_ptr()):
+            self._apply_compiled(x, local, diag, weights, dest)
+            return out
+        dest.copy_(self.apply(x).local if isinstance(x, GridTensor) else self.apply(x))
+        return out
+
+    @staticmethod
+    def _compiled_ok(local: torch.Tensor) -> bool:
+        return (local.device.type == "cpu" and local.dtype in (torch.float32, torch.float64)
+                and not (torch.is_grad_enabled() and local.requires_grad) and _kernels.stencil_library() is not None)
+
+    def _apply_compiled(self, x: Field, local: torch.Tensor, diag: torch.Tensor, weights: list,
+                        y: Optional[torch.Tensor]) -> Field:
+        nd = self.grid.ndim
+        spatial = tuple(local.shape[local.dim() - nd:])
+        k3 = (1,) * (3 - nd) + spatial
+        x4 = local.contiguous().reshape((-1,) + k3)
+        if y is None:
+            y = torch.empty_like(local, memory_format=torch.contiguous_format)
+        zkey = ("zero", local.dtype, k3[2])
+        if zkey not in self._local:
+            self._local[zkey] = torch.zeros(k3[2], dtype=local.dtype)
+        faces = self._faces(x, x4)
+        if self._uniform is not None:
+            t, c, corr = self._uniform
+            ts = [0.0] * (3 - nd) + list(t)
+            _kernels.stencil7(x4, y.view(x4.shape), faces, (c, *ts), None, self._local[zkey])
+            self._boundary_correction(x, y, local, corr)
+        else:
+            ckey = ("kernel", id(diag))
+            if ckey not in self._local:
+                coefs = [diag.reshape(k3).contiguous()]
+                zeros = torch.zeros(k3, dtype=local.dtype)
+                coefs += [zeros, zeros] * (3 - nd)
+                for lo, hi in weights:
+                    coefs += [lo.reshape(k3).contiguous(), hi.reshape(k3).contiguous()]
+                self._local[ckey] = (diag, coefs)  # diag kept alive so that its id stays unique
+            _kernels.stencil7(x4, y.view(x4.shape), faces, None, self._local[ckey][1], self._local[zkey])
         return x.with_local(y) if isinstance(x, GridTensor) else y
 
     def _boundary_correction(self, x: Field, y: torch.Tensor, local: torch.Tensor, corr: list) -> None:

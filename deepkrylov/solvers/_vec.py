@@ -56,6 +56,14 @@ def xpay_(y: Vector, alpha: Any, x: Vector) -> Vector:
     return torch.add(x, y, alpha=alpha, out=y)
 
 
+def apply_into(A: Any, x: Vector, out: Any) -> Vector:
+    """``A x`` into ``out`` when ``out`` is a buffer and ``A`` can write into one (``apply_into``), else a new
+    result: operators that only have ``apply`` still work."""
+    if out is not None and hasattr(A, "apply_into"):
+        return A.apply_into(x, out)
+    return A.apply(x)
+
+
 def zeros_like(a: Vector) -> Vector:
     return a.zeros_like() if isinstance(a, GridTensor) else torch.zeros_like(a)
 

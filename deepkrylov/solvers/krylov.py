@@ -185,8 +185,9 @@ def cg(
         p = V.clone(z)
         it = 0
         step = _fused_step(pc, plain, x, r, z, fused) if fused else None
+        Ap = None
         while reason is None:
-            Ap = A.apply(p)
+            Ap = V.apply_into(A, p, Ap)
             pAp = float(V.dot(p, Ap))
             if not math.isfinite(pAp):
                 return _result(x, it, hist, ConvergedReason.DIVERGED_NANORINF, t0,

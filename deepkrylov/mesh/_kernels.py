@@ -1,0 +1,93 @@
+"""Compiled CPU kernels for the stencil operators: built once per machine with the system C compiler, loaded with
+ctypes; ``None`` (and the eager torch path) where no compiler is found or ``DEEPKRYLOV_KERNELS=0``.
+
+The shared library is cached under ``$DEEPKRYLOV_CACHE`` (default ``~/.cache/deepkrylov``), keyed by the source,
+the compiler and the CPU's flags (it is built with ``-march=native``), and written atomically so that ranks of an
+``mpiexec`` job starting together do not see a half-written file.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+_SOURCE = Path(__file__).with_name("_stencil7.c")
+_FLAGS = ["-O3", "-march=native", "-fopenmp", "-fPIC", "-shared", "-std=c99", "-fno-math-errno"]
+
+
+def _cpu_key() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return line
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or platform.machine()
+
+
+def _cache_dir() -> Path:
+    return Path(os.environ.get("DEEPKRYLOV_CACHE", Path.home() / ".cache" / "deepkrylov"))
+
+
+@functools.lru_cache(maxsize=1)
+def stencil_library() -> Optional[ctypes.CDLL]:
+    """The compiled 7-point stencil library, or None (no compiler, build failure, or disabled)."""
+    if os.environ.get("DEEPKRYLOV_KERNELS", "1") == "0":
+        return None
+    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        return None
+    src = _SOURCE.read_bytes()
+    key = hashlib.sha256(src + cc.encode() + " ".join(_FLAGS).encode() + _cpu_key().encode()).hexdigest()[:16]
+    lib = _cache_dir() / f"stencil7-{key}.so"
+    if not lib.exists():
+        try:
+            lib.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(suffix=".so", dir=lib.parent)
+            os.close(fd)
+            subprocess.run([cc, *_FLAGS, str(_SOURCE), "-o", tmp], check=True, capture_output=True, timeout=120)
+            os.replace(tmp, lib)
+        except (OSError, subprocess.SubprocessError):
+            if "tmp" in locals() and os.path.exists(tmp):
+                os.unlink(tmp)
+            return None
+    try:
+        so = ctypes.CDLL(str(lib))
+    except OSError:
+        return None
+    p, i64, dbl = ctypes.c_void_p, ctypes.c_int64, ctypes.c_double
+    for name in ("stencil7_f64", "stencil7_f32"):
+        fn = getattr(so, name)
+        fn.restype = None
+        fn.argtypes = [p, p, i64, i64, i64, i64] + [p] * 6 + [dbl] * 4 + [p] * 7 + [p, ctypes.c_int]
+    return so
+
+
+def _ptr(t: Optional[torch.Tensor]) -> Optional[int]:
+    return None if t is None else t.data_ptr()
+
+
+def stencil7(x: torch.Tensor, out: torch.Tensor, faces: list, uniform: Optional[tuple], coefficients: Optional[list],
+             zero: torch.Tensor) -> None:
+    """``out = A x`` on a contiguous (B, n0, n1, n2) CPU block (see ``_stencil7.c``): ``faces`` six tensors or
+    None; ``uniform`` (c, t0, t1, t2) or None with ``coefficients`` [d, w0l, w0h, w1l, w1h, w2l, w2h] of shape
+    (n0, n1, n2); ``zero`` a zero tensor of at least n2 entries. All of x's dtype, contiguous."""
+    so = stencil_library()
+    assert so is not None
+    fn = so.stencil7_f64 if x.dtype == torch.float64 else so.stencil7_f32
+    B, n0, n1, n2 = x.shape
+    c, t0, t1, t2 = uniform if uniform is not None else (0.0, 0.0, 0.0, 0.0)
+    coef = coefficients if coefficients is not None else [None] * 7
+    fn(x.data_ptr(), out.data_ptr(), B, n0, n1, n2, *(_ptr(f) for f in faces), c, t0, t1, t2,
+       *(_ptr(w) for w in coef), zero.data_ptr(), torch.get_num_threads())
