@@ -158,3 +158,20 @@ def test_bad_input():
         DiffusionOperator(grid, coefficient=-torch.ones(4, 4))
     with pytest.raises(ValueError, match="does not end with the grid's shape"):
         laplacian(grid).apply(torch.zeros(1, 1, 5, 4))
+
+
+def test_compiled_stencil_is_built_where_a_compiler_exists():
+    """The fast path must not silently fall back to the eager one on a machine that can build it."""
+    import os
+    import shutil
+
+    from deepkrylov.mesh import _kernels
+
+    if os.environ.get("DEEPKRYLOV_KERNELS") == "0" or not (shutil.which("cc") or shutil.which("gcc")):
+        pytest.skip("compiled kernels disabled or no C compiler")
+    assert _kernels.stencil_library() is not None
+    A = laplacian(StructuredGrid((8, 6, 5)), BoundaryConditions.uniform(3, "neumann"))
+    x = torch.randn(2, 1, 8, 6, 5, dtype=torch.float64)
+    out = torch.empty_like(x)
+    assert A.apply_into(x, out) is out
+    torch.testing.assert_close(out, A.apply(x.clone().requires_grad_()).detach(), rtol=1e-13, atol=1e-13)
