@@ -70,8 +70,21 @@ def stencil_library() -> Optional[ctypes.CDLL]:
     for name in ("stencil7_f64", "stencil7_f32"):
         fn = getattr(so, name)
         fn.restype = None
-        fn.argtypes = [p, p, i64, i64, i64, i64] + [p] * 6 + [dbl] * 4 + [p] * 7 + [p, ctypes.c_int]
+        fn.argtypes = [p, p, i64, i64, i64, i64] + [p] * 6 + [dbl] * 4 + [p] * 7 + [p, ctypes.c_int, ctypes.c_int]
     return so
+
+
+@functools.lru_cache(maxsize=1)
+def _llc_bytes() -> int:
+    """The last-level cache size (Linux sysfs), 32 MiB where it cannot be read."""
+    best = 0
+    for f in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*/size"):
+        try:
+            text = f.read_text().strip()
+            best = max(best, int(text[:-1]) * {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}[text[-1]])
+        except (OSError, ValueError, KeyError):
+            continue
+    return best or (32 << 20)
 
 
 def _ptr(t: Optional[torch.Tensor]) -> Optional[int]:
@@ -82,7 +95,8 @@ def stencil7(x: torch.Tensor, out: torch.Tensor, faces: list, uniform: Optional[
              zero: torch.Tensor) -> None:
     """``out = A x`` on a contiguous (B, n0, n1, n2) CPU block (see ``_stencil7.c``): ``faces`` six tensors or
     None; ``uniform`` (c, t0, t1, t2) or None with ``coefficients`` [d, w0l, w0h, w1l, w1h, w2l, w2h] of shape
-    (n0, n1, n2); ``zero`` a zero tensor of at least n2 entries. All of x's dtype, contiguous."""
+    (n0, n1, n2); ``zero`` a zero tensor of at least n2 entries. All of x's dtype, contiguous. An ``out`` larger
+    than the last-level cache is written with non-temporal stores."""
     so = stencil_library()
     assert so is not None
     fn = so.stencil7_f64 if x.dtype == torch.float64 else so.stencil7_f32
@@ -90,4 +104,5 @@ def stencil7(x: torch.Tensor, out: torch.Tensor, faces: list, uniform: Optional[
     c, t0, t1, t2 = uniform if uniform is not None else (0.0, 0.0, 0.0, 0.0)
     coef = coefficients if coefficients is not None else [None] * 7
     fn(x.data_ptr(), out.data_ptr(), B, n0, n1, n2, *(_ptr(f) for f in faces), c, t0, t1, t2,
-       *(_ptr(w) for w in coef), zero.data_ptr(), torch.get_num_threads())
+       *(_ptr(w) for w in coef), zero.data_ptr(), torch.get_num_threads(),
+       int(out.numel() * out.element_size() > _llc_bytes()))  # stream stores only where y cannot stay cached
