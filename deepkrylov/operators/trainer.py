@@ -187,11 +187,13 @@ class Trainer:
         return torch.randperm(n, generator=g)
 
     @staticmethod
-    def _fetch(ds: Dataset, idx: torch.Tensor) -> Any:
-        """The samples ``idx`` of ``ds`` as one batch (a TensorDataset is sliced, others are collated)."""
+    def _fetch(ds: Dataset, idx: Union[torch.Tensor, slice]) -> Any:
+        """The samples ``idx`` (indices, or a contiguous slice) of ``ds`` as one batch: a TensorDataset is indexed
+        (a slice gives views, no copy), others are collated."""
         if isinstance(ds, torch.utils.data.TensorDataset):
             return tuple(t[idx] for t in ds.tensors)
-        return torch.utils.data.default_collate([ds[int(i)] for i in idx])
+        ids = range(len(ds))[idx] if isinstance(idx, slice) else idx  # type: ignore[arg-type]
+        return torch.utils.data.default_collate([ds[int(i)] for i in ids])
 
     def _to(self, batch: Any) -> list[torch.Tensor]:
         return [b.to(self.device) for b in batch]
@@ -205,14 +207,16 @@ class Trainer:
         a rank left without samples runs a zero-weighted step so the collective still matches."""
         self.model.train()
         total, count = 0.0, 0
-        order, bs = self._order(ds, True), self.config["batch_size"]
-        for i in range(0, len(order), bs):
-            batch_idx = order[i:i + bs]
-            nb = len(batch_idx)
-            idx = batch_idx[nb * self.rank // self.world: nb * (self.rank + 1) // self.world]
-            weight = len(idx) * self.world / nb
-            if len(idx) == 0:
-                idx = batch_idx[:1]
+        n, bs = len(ds), self.config["batch_size"]  # type: ignore[arg-type]
+        # one batch holding every sample: its order cannot change a mean loss, so take contiguous views
+        order = self._order(ds, True) if bs < n else None
+        for i in range(0, n, bs):
+            nb = min(bs, n - i)
+            lo, hi = nb * self.rank // self.world, nb * (self.rank + 1) // self.world
+            weight = (hi - lo) * self.world / nb
+            if hi == lo:
+                lo, hi = 0, 1
+            idx = order[i + lo:i + hi] if order is not None else slice(i + lo, i + hi)
             *inputs, y = self._to(self._fetch(ds, idx))
             self.optimizer.zero_grad(set_to_none=True)
             loss = self.loss_fn(self.forward(self.model, tuple(inputs)), y)
