@@ -122,7 +122,8 @@ def train_eval(
             sched.step()
         times.append(time.perf_counter() - t0)
     model.eval()
-    out = {"params": sum(p.numel() for p in model.parameters()), "s_per_epoch": float(np.median(times))}
+    # real numbers: neuraloperator stores complex spectral weights (numel counts each once), ours real/imag pairs
+    out = {"params": sum(p.numel() * (2 if p.is_complex() else 1) for p in model.parameters()), "s_per_epoch": float(np.median(times))}
     with torch.no_grad():
         for tag, (x, y) in (("", (data["xt"], data["yt"])), ("_2x", (data.get("xt2"), data.get("yt2")))):
             if x is None:

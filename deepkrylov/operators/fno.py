@@ -5,8 +5,9 @@ Fourier layers ``v <- act(K v + W v)`` (``K`` a spectral convolution that keeps 
 modes per axis, ``W`` a 1x1 convolution; no activation after the last layer) and a two-layer pointwise
 projection. ``modes`` counts the *kept non-negative frequencies* per axis (Li et al.'s convention; the
 ``neuraloperator`` library's ``n_modes`` is twice that on the full axes). For non-periodic problems
-``padding`` extends the domain by that fraction with zeros at the end of every axis before the Fourier layers
-and crops afterwards. All weights are independent of the grid size: any resolution with at least
+``padding`` extends the domain by at least that fraction with zeros at the end of every axis before the Fourier
+layers (up to the next length whose only prime factors are 2, 3 and 5, so the FFTs stay fast: 64 -> 72, not
+the prime 71) and crops afterwards. All weights are independent of the grid size: any resolution with at least
 ``2 * modes`` points per axis runs with the same weights.
 """
 
@@ -30,6 +31,19 @@ def _tuple(v: Union[int, Sequence[int]], n: int, name: str) -> tuple[int, ...]:
     if len(t) != n or any(a < 1 for a in t):
         raise ValueError(f"{name} must be a positive int or {n} positive ints, but got {v!r}")
     return t
+
+
+def _fft_length(n: int) -> int:
+    """The smallest ``m >= n`` whose only prime factors are 2, 3 and 5."""
+    m = n
+    while True:
+        k = m
+        for p in (2, 3, 5):
+            while k % p == 0:
+                k //= p
+        if k == 1:
+            return m
+        m += 1
 
 
 class SpectralConv(nn.Module):
@@ -152,7 +166,7 @@ class FNO(nn.Module):
         if self.positional:
             x = torch.cat([x, self._coords(x)], dim=1)
         v = self.lift(x)
-        pads = [int(math.ceil(self.padding * n)) for n in sizes]
+        pads = [_fft_length(n + int(math.ceil(self.padding * n))) - n if self.padding else 0 for n in sizes]
         if any(pads):
             v = F.pad(v, [p for n in reversed(pads) for p in (0, n)])
         for i, (k, w) in enumerate(zip(self.spectral, self.pointwise)):

@@ -72,3 +72,14 @@ def test_bad_inputs():
         FNO(modes=(4, 0))
     with pytest.raises(ValueError, match="padding must be a fraction"):
         FNO(padding=1.5)
+
+
+def test_padding_rounds_up_to_a_fast_fft_length():
+    from deepkrylov.operators.fno import _fft_length
+
+    assert [_fft_length(n) for n in (64, 71, 97, 128, 141)] == [64, 72, 100, 128, 144]
+    model = FNO(1, 1, modes=2, width=4, num_layers=1, padding=0.1, projection_channels=4)
+    seen = []
+    model.spectral[0].register_forward_pre_hook(lambda m, inp: seen.append(tuple(inp[0].shape[2:])))
+    assert model(torch.randn(1, 1, 64, 40)).shape == (1, 1, 64, 40)
+    assert seen == [(72, 45)]  # 64 + 7 -> 72, 40 + 4 -> 45 = 3^2 * 5
