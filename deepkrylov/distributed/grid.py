@@ -204,7 +204,11 @@ class ProcessGrid:
 
     # ---- identity -------------------------------------------------------------------------------------------
     def _key(self) -> tuple:
-        return (self.comm.identity(), self.global_shape, self.dims, self.splits, self.periodic)
+        key = self.__dict__.get("_identity")
+        if key is None:  # a grid never changes after construction; plans are cached by this key on every call
+            key = self.__dict__["_identity"] = (self.comm.identity(), self.global_shape, self.dims, self.splits,
+                                                self.periodic)
+        return key
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, ProcessGrid) and self._key() == other._key()
