@@ -30,6 +30,7 @@ from torch import nn
 
 from deepkrylov.operators.fno import FNO
 from deepkrylov.operators.mgno import MgNO
+from deepkrylov.operators.normalization import Normalized
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -67,19 +68,6 @@ def navier_stokes(num: int, res: int, seed: int, T: float, nu: float) -> tuple[t
     return (torch.as_tensor(d["w0"], dtype=torch.float32)[:, None], torch.as_tensor(d["w"][:, -1:], dtype=torch.float32))
 
 
-class Normalized(nn.Module):
-    """Scalar (resolution-independent) input/output normalisation around a model."""
-
-    def __init__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> None:
-        super().__init__()
-        self.model = model
-        for name, t in (("xm", x.mean()), ("xs", x.std()), ("ym", y.mean()), ("ys", y.std())):
-            self.register_buffer(name, t.reshape(1))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model((x - self.xm) / self.xs) * self.ys + self.ym
-
-
 # ---- models ----------------------------------------------------------------------------------------------------
 def build(name: str, args: argparse.Namespace, periodic: bool) -> nn.Module:
     if name == "mgno":
@@ -100,7 +88,7 @@ def train_eval(
     name: str, args: argparse.Namespace, data: dict[str, torch.Tensor], periodic: bool
 ) -> dict[str, float]:
     torch.manual_seed(args.seed)
-    model = Normalized(build(name, args, periodic), data["x"], data["y"])
+    model = Normalized.fit(build(name, args, periodic), data["x"], data["y"])
     metrics = _metrics(periodic)
     loss_fn = metrics[args.loss]
     n = data["x"].shape[0]

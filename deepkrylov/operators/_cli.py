@@ -1,4 +1,4 @@
-"""``deepkrylov datagen``, ``deepkrylov eval`` and ``deepkrylov train deeponet|mgno|fno``."""
+"""``deepkrylov datagen``, ``deepkrylov eval`` and ``deepkrylov train deeponet|mgno|fno|converted-unet``."""
 
 from __future__ import annotations
 
@@ -51,7 +51,8 @@ def register(sub: Any, train_sub: Any) -> None:
     e.set_defaults(func=_cmd_eval)
 
     for name, helptext in (("deeponet", "DeepONet (aligned data)"), ("mgno", "MgNO on grid data"),
-                           ("fno", "FNO on grid data")):
+                           ("fno", "FNO on grid data"),
+                           ("converted-unet", "a U-Net converted into a neural operator, on grid data")):
         t = train_sub.add_parser(name, help=f"train {helptext} with the shared Trainer")
         t.add_argument("--data", required=True, help="HDF5 data set from deepkrylov datagen")
         t.add_argument("--test", default=None, help="separate test set (default: hold out of --data)")
@@ -72,8 +73,9 @@ def register(sub: Any, train_sub: Any) -> None:
             t.add_argument("--pod", type=int, default=0, help="POD-DeepONet with this many modes")
             t.add_argument("--activation", default="relu")
         else:
-            t.add_argument("--width", type=int, default=24 if name == "mgno" else 32)
-            t.add_argument("--layers", type=int, default=4)
+            t.add_argument("--width", type=int, default={"mgno": 24, "fno": 32}.get(name, 16))
+            t.add_argument("--layers", type=int, default=4 if name != "converted-unet" else 3,
+                           help="MgNO/FNO layers; U-Net depth (number of 2x down-samplings)")
             t.add_argument("--modes", type=int, default=12, help="FNO Fourier modes")
         t.set_defaults(func=_cmd_train, model=name)
 
@@ -134,7 +136,8 @@ def load_arrays(path: str) -> tuple[np.ndarray, np.ndarray, Optional[np.ndarray]
 
 def build_model(spec: dict[str, Any]) -> torch.nn.Module:
     """Model from the JSON spec written next to a training run (``model.json``)."""
-    from . import FNO, DeepONet, MgNO
+    from . import FNO, DeepONet, MgNO, Normalized
+    from .convert import converted_unet
 
     name = spec["model"]
     if name == "deeponet":
@@ -144,10 +147,14 @@ def build_model(spec: dict[str, Any]) -> torch.nn.Module:
             return DeepONet([spec["m"]] + spec["branch"][:-1] + [spec["pod"]], None, spec["activation"], pod=pod)
         return DeepONet([spec["m"]] + spec["branch"], [spec["d"]] + spec["trunk"], spec["activation"])
     if name == "mgno":
-        return MgNO(1, 1, channels=spec["width"], num_layers=spec["layers"], dim=spec["dim"])
-    if name == "fno":
-        return FNO(1, 1, modes=spec["modes"], width=spec["width"], num_layers=spec["layers"], dim=spec["dim"])
-    raise ValueError(f"model must be one of ('deeponet', 'mgno', 'fno'), but got {name!r}")
+        model: torch.nn.Module = MgNO(1, 1, channels=spec["width"], num_layers=spec["layers"], dim=spec["dim"])
+    elif name == "fno":
+        model = FNO(1, 1, modes=spec["modes"], width=spec["width"], num_layers=spec["layers"], dim=spec["dim"])
+    elif name == "converted-unet":
+        model = converted_unet(1, 1, width=spec["width"], depth=spec["layers"], resolution=spec["resolution"])
+    else:
+        raise ValueError(f"model must be one of ('deeponet', 'mgno', 'fno', 'converted-unet'), but got {name!r}")
+    return Normalized(model, *spec["normalization"]) if "normalization" in spec else model
 
 
 def _datasets(model: str, x: np.ndarray, y: np.ndarray, c: Optional[np.ndarray]) -> tuple[Any, Any]:
@@ -165,6 +172,7 @@ def _datasets(model: str, x: np.ndarray, y: np.ndarray, c: Optional[np.ndarray])
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    from .normalization import Normalized
     from .trainer import Trainer
 
     ctx = _context()
@@ -200,7 +208,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
         def fwd(m: torch.nn.Module, inputs: tuple) -> torch.Tensor:
             return m(inputs[0], cdev.to(inputs[0].device))
     else:
-        spec.update(width=args.width, layers=args.layers, modes=args.modes, dim=x.ndim - 1)
+        stats = Normalized.fit(torch.nn.Identity(), train.tensors[0], train.tensors[1])  # scalar statistics
+        spec.update(width=args.width, layers=args.layers, modes=args.modes, dim=x.ndim - 1,
+                    resolution=list(x.shape[1:]),
+                    normalization=[float(stats.xm), float(stats.xs), float(stats.ym), float(stats.ys)])
         model = build_model(spec)
         fwd = None  # type: ignore[assignment]
     cfg = dict(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, loss=args.loss, scheduler=args.scheduler,
