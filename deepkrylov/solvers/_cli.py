@@ -55,6 +55,8 @@ def register(sub: Any, train_sub: Any) -> None:
     t.add_argument("--width", type=int, default=16)
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--out", type=Path, default=Path("runs/dcdm"))
+    t.add_argument("--init", type=Path, default=None,
+                   help="start from these weights (a model.pt, or 'shipped' for the packaged model) to fine-tune")
     t.add_argument("--ship", action="store_true", help="copy the trained model into the package (maintainers)")
     t.set_defaults(func=_cmd_train_dcdm)
 
@@ -63,11 +65,15 @@ def _cmd_train_dcdm(args: argparse.Namespace) -> int:
     from .dcdm.model import SHIPPED_MODEL
     from .dcdm.training import train_scene_model
 
-    record = train_scene_model(
-        args.n, args.dim, args.scene, samples=args.samples, lanczos_steps=args.lanczos_steps, epochs=args.epochs,
-        batch_size=args.batch_size, lr=args.lr, seed=args.seed, out_dir=args.out, model_kwargs={"width": args.width},
-        command="deepkrylov " + " ".join(sys.argv[1:]),
-    )
+    try:
+        record = train_scene_model(
+            args.n, args.dim, args.scene, samples=args.samples, lanczos_steps=args.lanczos_steps, epochs=args.epochs,
+            batch_size=args.batch_size, lr=args.lr, seed=args.seed, out_dir=args.out, model_kwargs={"width": args.width},
+            command="deepkrylov " + " ".join(sys.argv[1:]),
+            init=SHIPPED_MODEL if str(args.init) == "shipped" else args.init,
+        )
+    except (ValueError, FileNotFoundError) as err:
+        raise SystemExit(f"deepkrylov train dcdm: {err}")
     print(f"trained: best validation loss {record['best_val_loss']:.4e} after {args.epochs} epochs "
           f"({record['total_seconds']:.0f} s); model in {args.out / 'model.pt'}")
     if args.ship:

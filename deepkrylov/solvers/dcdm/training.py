@@ -171,15 +171,22 @@ def train_scene_model(
     n: int = 32, dim: int = 3, scene: str = "smoke", *, samples: int = 2000, lanczos_steps: int = 600,
     epochs: int = 10, batch_size: int = 10, lr: float = 1e-4, seed: int = 0, out_dir: Union[str, Path] = "runs/dcdm",
     model_kwargs: Optional[dict] = None, progress: bool = True, command: str = "",
+    init: Optional[Union[str, Path]] = None,
 ) -> dict:
     """The paper's recipe on one scene: Ritz vectors of its pressure matrix, boosted-low-spectrum right-hand
-    sides, Adam on the line-search loss. Writes the model and a training record into ``out_dir``."""
+    sides, Adam on the line-search loss. Writes the model and a training record into ``out_dir``.
+
+    ``init`` starts from the weights of a saved model (e.g. one trained on a coarser grid: the network is fully
+    convolutional) instead of a random initialisation; its configuration then replaces ``model_kwargs``."""
     import platform
 
     from ..problems import scene_problem
-    from .model import save_model
+    from .model import load_model, save_model
     from .network import DCDMNet
 
+    initial = load_model(init) if init is not None else None  # checked before the (long) Lanczos run
+    if initial is not None and initial.dim != dim:
+        raise ValueError(f"the initial model {init} is {initial.dim}D but the scene is {dim}D")
     t0 = time.perf_counter()
     A, _ = scene_problem(n, dim, scene)
     fluid = (A.mask == 0).to(torch.float64)
@@ -190,7 +197,7 @@ def train_scene_model(
     log.info("data: %d Ritz vectors (values %.3e..%.3e), %d right-hand sides in %.1fs",
              len(values), float(values[0]), float(values[-1]), samples, t_data)
     torch.manual_seed(seed)
-    model = DCDMNet(dim=dim, **(model_kwargs or {}))
+    model = initial if initial is not None else DCDMNet(dim=dim, **(model_kwargs or {}))
     A32 = type(A)(A.grid, A.bc, A.coefficient, A.mask, scaled=A.scaled, dtype=torch.float32)
     result = train_dcdm(model, A32, rhs, out_dir=out_dir, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
                         progress=progress, config={"scene": scene, "n": n, "dim": dim, "samples": samples,
@@ -198,7 +205,7 @@ def train_scene_model(
     best = torch.load(Path(out_dir) / "model.pt", weights_only=True)
     model.load_state_dict(best["state_dict"])
     record = {
-        "command": command, "scene": scene, "grid": [n] * dim, "lanczos_steps": lanczos_steps,
+        "command": command, "init": str(init) if init is not None else None, "scene": scene, "grid": [n] * dim, "lanczos_steps": lanczos_steps,
         "ritz_vectors": int(len(values)), "samples": samples, "epochs": epochs, "batch_size": batch_size, "lr": lr,
         "seed": seed, "final_train_loss": result["history"][-1]["train_loss"] if result["history"] else None,
         "best_val_loss": result["best_val_loss"], "history": result["history"],
