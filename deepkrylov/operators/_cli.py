@@ -77,15 +77,23 @@ def register(sub: Any, train_sub: Any) -> None:
             t.add_argument("--layers", type=int, default=4 if name != "converted-unet" else 3,
                            help="MgNO/FNO layers; U-Net depth (number of 2x down-samplings)")
             t.add_argument("--modes", type=int, default=12, help="FNO Fourier modes")
+        if name == "mgno":
+            t.add_argument("--levels", type=int, default=6,
+                           help="V-cycle levels (one smoothing step each, two on the coarsest); the grid must be "
+                                "divisible by 2^(levels-1)")
+            t.add_argument("--domain-parallel", action="store_true",
+                           help="under mpiexec: split each sample's grid over the ranks (GridTensor) instead of "
+                                "splitting the batches (DDP), for grids too large for one process")
         t.set_defaults(func=_cmd_train, model=name)
 
 
-def _context() -> Any:
+def _context(data_parallel: bool = True) -> Any:
     """The job's context; under mpiexec/torchrun also torch.distributed's default group (DDP in the Trainer)."""
     from deepkrylov.distributed import init
 
     ctx = init(backend="auto")
-    ctx.init_torch_distributed()
+    if data_parallel:
+        ctx.init_torch_distributed()
     return ctx
 
 
@@ -147,7 +155,9 @@ def build_model(spec: dict[str, Any]) -> torch.nn.Module:
             return DeepONet([spec["m"]] + spec["branch"][:-1] + [spec["pod"]], None, spec["activation"], pod=pod)
         return DeepONet([spec["m"]] + spec["branch"], [spec["d"]] + spec["trunk"], spec["activation"])
     if name == "mgno":
-        model: torch.nn.Module = MgNO(1, 1, channels=spec["width"], num_layers=spec["layers"], dim=spec["dim"])
+        levels = spec.get("levels", 6)
+        model: torch.nn.Module = MgNO(1, 1, channels=spec["width"], num_layers=spec["layers"], dim=spec["dim"],
+                                      iterations=((1, 0),) * (levels - 1) + ((2, 0),))
     elif name == "fno":
         model = FNO(1, 1, modes=spec["modes"], width=spec["width"], num_layers=spec["layers"], dim=spec["dim"])
     elif name == "converted-unet":
@@ -175,7 +185,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from .normalization import Normalized
     from .trainer import Trainer
 
-    ctx = _context()
+    domain = getattr(args, "domain_parallel", False)
+    ctx = _context(data_parallel=not domain)
     try:
         x, y, c = load_arrays(args.data)
         xs, ys, _ = load_arrays(args.test) if args.test else (None, None, None)
@@ -209,6 +220,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
             return m(inputs[0], cdev.to(inputs[0].device))
     else:
         stats = Normalized.fit(torch.nn.Identity(), train.tensors[0], train.tensors[1])  # scalar statistics
+        if args.model == "mgno":
+            spec["levels"] = args.levels
         spec.update(width=args.width, layers=args.layers, modes=args.modes, dim=x.ndim - 1,
                     resolution=list(x.shape[1:]),
                     normalization=[float(stats.xm), float(stats.xs), float(stats.ym), float(stats.ys)])
@@ -223,7 +236,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
             np.save(os.path.join(args.out, "coords.npy"), coords.numpy())
         with open(os.path.join(args.out, "model.json"), "w") as f:
             json.dump(spec, f)
-    trainer = Trainer(model, cfg, out_dir=args.out, forward=fwd)
+    grid = None
+    if domain:
+        from deepkrylov.distributed import ProcessGrid
+
+        grid = ProcessGrid(ctx, tuple(x.shape[1:]))
+    trainer = Trainer(model, cfg, out_dir=args.out, forward=fwd, grid=grid)
     hist = trainer.fit(train, {"test": test}, resume=args.resume)
     del trainer, model  # the DDP wrapper holds the process group
     ctx.close_torch_distributed()

@@ -5,6 +5,9 @@ resolutions), best and last checkpoints with resume to bitwise-identical paramet
 scheduler, epoch and RNG states are saved), metrics as JSON lines, a progress bar on rank 0, a seed, DDP when
 ``torch.distributed`` is initialised (gloo on CPU, NCCL on CUDA; the ranks split each global batch of the
 serial order, so a data-parallel run follows the serial one up to rounding), CUDA when present.
+Domain-parallel instead when a ``ProcessGrid`` is given: every rank takes the same batches, the model runs on
+this rank's block of each grid input (a ``GridTensor``; MgNO and HaloConv models), the output is gathered for the
+loss and the weight gradients are summed over the ranks -- for grids whose activations do not fit one process.
 Data sets yield tuples ``(*inputs, target)``; the model is called as ``model(*inputs)``.
 """
 
@@ -96,7 +99,7 @@ class Trainer:
     def __init__(self, model: torch.nn.Module, config: Optional[Mapping[str, Any]] = None,
                  out_dir: Optional[str] = None, device: Union[str, torch.device, None] = None,
                  forward: Optional[Callable[[torch.nn.Module, tuple], torch.Tensor]] = None,
-                 loss: Optional[torch.nn.Module] = None) -> None:
+                 loss: Optional[torch.nn.Module] = None, grid: Optional[Any] = None) -> None:
         self.config = TrainConfig(**dict(config or {}))
         c = self.config
         if c["optimizer"] not in OPTIMIZERS:
@@ -104,9 +107,13 @@ class Trainer:
         if c["scheduler"] not in SCHEDULERS:
             raise ValueError(f"scheduler must be one of {SCHEDULERS}, but got {c['scheduler']!r}")
         self.distributed, self.rank, self.world = _dist()
+        self.grid = grid
+        if grid is not None:  # domain-parallel: no data split, no DDP; ranks share every batch
+            self.distributed, self.rank, self.world = False, grid.comm.rank, 1
+        self._part = 0 if grid is not None else self.rank  # this rank's share of each batch (of ``world``)
         if device is None:
             if torch.cuda.is_available():
-                device = torch.device("cuda", torch.cuda.current_device() if not self.distributed
+                device = torch.device("cuda", torch.cuda.current_device() if not (self.distributed or grid)
                                       else int(os.environ.get("LOCAL_RANK", self.rank % torch.cuda.device_count())))
             else:
                 device = torch.device("cpu")
@@ -138,12 +145,33 @@ class Trainer:
         else:
             self.scheduler = None
         self.forward = forward or (lambda m, inputs: m(*inputs))
+        if grid is not None:
+            self.forward = self._domain_forward(self.forward, grid)
         self.out_dir = out_dir
         self.epoch = 0
         self.best = float("inf")
         self.history: list[dict[str, Any]] = []
         if out_dir and self.rank == 0:
             os.makedirs(out_dir, exist_ok=True)
+
+    @staticmethod
+    def _domain_forward(forward: Callable, grid: Any) -> Callable:
+        """``forward`` on this rank's blocks of the inputs shaped like the grid, the output gathered whole."""
+        from deepkrylov.distributed import GridTensor
+
+        def run(m: torch.nn.Module, inputs: tuple) -> torch.Tensor:
+            local = tuple(GridTensor.from_global(t, grid) if tuple(t.shape[2:]) == grid.global_shape else t
+                          for t in inputs)
+            out = forward(m, local)
+            return out.gather() if isinstance(out, GridTensor) else out
+
+        return run
+
+    def _sum_gradients(self) -> None:
+        """Domain-parallel: each rank holds its blocks' share of every weight gradient; sum them."""
+        for p in self.module.parameters():
+            if p.grad is not None:
+                self.grid.comm.allreduce_(p.grad)
 
     # -- checkpoints ---------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -212,7 +240,7 @@ class Trainer:
         order = self._order(ds, True) if bs < n else None
         for i in range(0, n, bs):
             nb = min(bs, n - i)
-            lo, hi = nb * self.rank // self.world, nb * (self.rank + 1) // self.world
+            lo, hi = nb * self._part // self.world, nb * (self._part + 1) // self.world
             weight = (hi - lo) * self.world / nb
             if hi == lo:
                 lo, hi = 0, 1
@@ -221,6 +249,8 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
             loss = self.loss_fn(self.forward(self.model, tuple(inputs)), y)
             (loss if weight == 1.0 else loss * weight).backward()
+            if self.grid is not None:
+                self._sum_gradients()
             self.optimizer.step()
             if weight > 0:
                 total += float(loss.detach()) * y.shape[0]
@@ -244,7 +274,7 @@ class Trainer:
         self.model.eval()
         rel, mse, count = 0.0, 0.0, 0
         n, bs = len(ds), self.config["batch_size"]  # type: ignore[arg-type]
-        lo, hi = n * self.rank // self.world, n * (self.rank + 1) // self.world
+        lo, hi = n * self._part // self.world, n * (self._part + 1) // self.world
         for i in range(lo, hi, bs):
             *inputs, y = self._to(self._fetch(ds, torch.arange(i, min(i + bs, hi))))
             pred = self.forward(self.module, tuple(inputs))

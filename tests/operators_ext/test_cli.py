@@ -47,3 +47,27 @@ def test_train_and_zero_shot_eval(darcy, model, extra) -> None:
 def test_unknown_model_is_named(darcy) -> None:
     r = _cli("train", "resnet", "--data", "train.h5", cwd=darcy)
     assert r.returncode != 0 and "converted-unet" in r.stderr
+
+
+@pytest.mark.mpi
+def test_domain_parallel_mgno_under_mpiexec_matches_serial(darcy) -> None:
+    """``mpiexec -n 2 deepkrylov train mgno --domain-parallel``: each sample split over the ranks; the run follows
+    the serial one (float32 rounding only) and rank 0 alone writes."""
+    from tests.helpers import mpiexec_available, run_mpi
+
+    if not mpiexec_available():
+        pytest.skip("mpiexec or mpi4py is not installed")
+    common = ["train", "mgno", "--data", str(darcy / "train.h5"), "--ntrain", "12", "--epochs", "2",
+              "--batch-size", "4", "--width", "6", "--layers", "2", "--levels", "4", "--lr", "3e-3"]
+    script = ("from deepkrylov.cli import main; "
+              f"main({common + ['--domain-parallel', '--out', str(darcy / 'dp')]!r})")
+    res = run_mpi(2, ["-c", script], timeout=300)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    r = _cli(*common, "--out", "serial", cwd=darcy)
+    assert r.returncode == 0, r.stderr
+    dp, serial = ([json.loads(s) for s in (darcy / d / "metrics.jsonl").read_text().splitlines()]
+                  for d in ("dp", "serial"))
+    assert [h["epoch"] for h in dp] == [1, 2]
+    for a, b in zip(dp, serial):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4)
+        assert a["test/rel_l2"] == pytest.approx(b["test/rel_l2"], rel=1e-4)
