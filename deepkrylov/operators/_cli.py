@@ -219,12 +219,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
         def fwd(m: torch.nn.Module, inputs: tuple) -> torch.Tensor:
             return m(inputs[0], cdev.to(inputs[0].device))
     else:
-        stats = Normalized.fit(torch.nn.Identity(), train.tensors[0], train.tensors[1])  # scalar statistics
         if args.model == "mgno":
             spec["levels"] = args.levels
         spec.update(width=args.width, layers=args.layers, modes=args.modes, dim=x.ndim - 1,
                     resolution=list(x.shape[1:]),
-                    normalization=[float(stats.xm), float(stats.xs), float(stats.ym), float(stats.ys)])
+                    normalization=list(Normalized.statistics(*train.tensors)))
         model = build_model(spec)
         fwd = None  # type: ignore[assignment]
     cfg = dict(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, loss=args.loss, scheduler=args.scheduler,

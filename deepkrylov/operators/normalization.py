@@ -26,13 +26,18 @@ class Normalized(nn.Module):
         for name, v in (("xm", in_mean), ("xs", in_std), ("ym", out_mean), ("ys", out_std)):
             self.register_buffer(name, torch.tensor([float(v)]))
 
-    @classmethod
-    def fit(cls, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> "Normalized":
-        """Wrap ``model`` with the mean and standard deviation of the training inputs ``x`` and targets ``y``."""
+    @staticmethod
+    def statistics(x: torch.Tensor, y: torch.Tensor) -> tuple[float, float, float, float]:
+        """``(in_mean, in_std, out_mean, out_std)`` of training inputs ``x`` and targets ``y``."""
         xs, ys = float(x.std()), float(y.std())
         if not (xs > 0 and ys > 0):
             raise ValueError("training inputs and targets must not be constant (zero standard deviation)")
-        return cls(model, float(x.mean()), xs, float(y.mean()), ys)
+        return float(x.mean()), xs, float(y.mean()), ys
+
+    @classmethod
+    def fit(cls, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> "Normalized":
+        """Wrap ``model`` with the mean and standard deviation of the training inputs ``x`` and targets ``y``."""
+        return cls(model, *cls.statistics(x, y))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model((x - self.xm) / self.xs) * self.ys + self.ym
