@@ -7,9 +7,11 @@ Run ``python benchmarks/halo.py`` (it launches itself under ``mpiexec -n 2`` and
 Per rank, blocks of 32^3, 64^3 and 128^3 float64 cells, halo widths 1 and 2, zero boundary padding:
 - ``exchange``: :func:`deepkrylov.distributed.fill_halo_` on a pre-padded buffer (packing, messages, boundary
   fill): the ghost update a solver does every iteration;
-- ``sendrecv``: mpi4py ``Sendrecv`` of pre-packed contiguous buffers with the same sizes and neighbours;
-- ``messages``: only the messages of that update (the same bytes as the bare Sendrecv), through deepkrylov's
-  exchange plan and cached MPI subarray datatypes;
+- ``sendrecv``: mpi4py ``Sendrecv`` of pre-packed contiguous buffers holding the least data a ghost update
+  must move (faces over the interior of the later axes), with the same neighbours;
+- ``messages``: only the messages of that update, through deepkrylov's exchange plan (persistent requests on
+  cached MPI subarray datatypes; faces over the padded extent of the later axes, a few % more bytes, so that
+  the first split axis's face is contiguous);
 - ``halo()``: the functional form, which also allocates the padded block and copies the interior in.
 """
 
@@ -52,7 +54,7 @@ def worker(blocks: list[int], widths: list[int], reps: int) -> None:
 
     _MPI = MPI
     from deepkrylov.distributed import GridTensor, HaloConv3d, ProcessGrid, fill_halo_, init
-    from deepkrylov.distributed.halo import _plan, _slab, normalize_widths, padded_shape
+    from deepkrylov.distributed.halo import _plan, normalize_widths, padded_shape
 
     torch.set_num_threads(1)
     ctx = init(backend="mpi")
@@ -67,10 +69,11 @@ def worker(blocks: list[int], widths: list[int], reps: int) -> None:
             buf = torch.randn((1, 1) + padded_shape(grid.local_shape, wd), dtype=torch.float64)
             x = GridTensor(buf[(slice(None), slice(None)) + tuple(slice(w, w + b) for _ in range(3))].clone(), grid)
 
-            # bare Sendrecv: the same messages, pre-packed
+            # bare Sendrecv: the least data a ghost update must move (faces over the earlier axes' padded extent and
+            # the later axes' interior), pre-packed; deepkrylov sends the later axes' padded extent (contiguous)
             msgs = []
             for a in range(3):
-                shape = buf[_slab(wd, grid.local_shape, a, slice(0, w))].shape
+                shape = (1, 1) + tuple(b + 2 * w if c < a else (w if c == a else b) for c in range(3))
                 lo, hi = grid.neighbour(a, -1, False), grid.neighbour(a, +1, False)
                 if lo is None and hi is None:
                     continue

@@ -2,7 +2,9 @@
 
 Axes are filled one after another; the slab sent along axis ``a`` spans the already padded extent of the earlier
 axes, so corner and edge ghosts arrive without diagonal messages, and the result equals ``torch.nn.functional.pad``
-of the whole tensor. The backward pass is the adjoint, axis by axis in reverse: every ghost's gradient goes back
+of the whole tensor. It spans the padded extent of the later axes too: the stale ghosts it carries there are
+overwritten when those axes are filled, and the slab of the first split axis is then one contiguous run of
+memory (for one batch and channel), sent with no packing. The backward pass is the adjoint, axis by axis in reverse: every ghost's gradient goes back
 to the rank that owns the cell and is added there (DistDL's rule).
 """
 
@@ -68,17 +70,9 @@ def _check(grid: ProcessGrid, widths: Widths, mode: str) -> None:
                 )
 
 
-def _slab(widths: Widths, local: Sequence[int], axis: int, along: slice) -> tuple:
-    """Index of the slab used for axis ``axis``: padded extent for earlier axes, interior for later ones."""
-    idx: list = [slice(None), slice(None)]
-    for b, (lo, _) in enumerate(widths):
-        if b == axis:
-            idx.append(along)
-        elif b < axis:
-            idx.append(slice(None))
-        else:
-            idx.append(slice(lo, lo + local[b]))
-    return tuple(idx)
+def _slab(ndim: int, axis: int, along: slice) -> tuple:
+    """Index of the slab used for axis ``axis``: ``along`` on that axis, the padded extent on the others."""
+    return (slice(None),) * (2 + axis) + (along,) + (slice(None),) * (ndim - axis - 1)
 
 
 class _AxisPlan:
@@ -107,7 +101,7 @@ def _plan(grid: ProcessGrid, widths: Widths, mode: str) -> tuple[_AxisPlan, ...]
         lo_nbr, hi_nbr = grid.neighbour(a, -1, wrap), grid.neighbour(a, +1, wrap)
 
         def v(start: int, stop: int) -> tuple:
-            return _slab(widths, local, a, slice(start, stop))
+            return _slab(len(local), a, slice(start, stop))
 
         if lo:  # my last `lo` cells -> upper neighbour's lower ghosts; mine come from below
             plan.messages.append((v(n, n + lo), hi_nbr, v(0, lo), lo_nbr))

@@ -11,6 +11,8 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
+from .trainer import SCHEDULERS
+
 log = logging.getLogger("deepkrylov.operators")
 
 # input field, target field, (coordinate field for DeepONet) per problem, by the fields present in the file
@@ -63,7 +65,11 @@ def register(sub: Any, train_sub: Any) -> None:
         t.add_argument("--optimizer", default="adam", choices=("adam", "adamw", "sgd"))
         t.add_argument("--weight-decay", type=float, default=0.0)
         t.add_argument("--loss", default="l2" if name != "deeponet" else "mse", choices=("l2", "l1", "mse", "h1"))
-        t.add_argument("--scheduler", default="none", choices=("none", "step", "cosine", "exponential"))
+        t.add_argument("--scheduler", default="none", choices=SCHEDULERS,
+                       help="step: lr * gamma^(epoch // step-size); exponential: lr * gamma^epoch; inverse_time: "
+                            "lr / (1 + gamma * epoch / step-size); cosine: to 0 over --epochs")
+        t.add_argument("--step-size", type=int, default=100, help="scheduler period in epochs")
+        t.add_argument("--gamma", type=float, default=0.5, help="scheduler factor or rate")
         t.add_argument("--seed", type=int, default=0)
         t.add_argument("--out", default=f"runs/{name}")
         t.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
@@ -227,7 +233,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         model = build_model(spec)
         fwd = None  # type: ignore[assignment]
     cfg = dict(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, loss=args.loss, scheduler=args.scheduler,
-               seed=args.seed, loss_dim=max(1, x.ndim - 1), optimizer=args.optimizer,
+               step_size=args.step_size, gamma=args.gamma, seed=args.seed, loss_dim=max(1, x.ndim - 1), optimizer=args.optimizer,
                weight_decay=args.weight_decay)
     if ctx.is_root:
         os.makedirs(args.out, exist_ok=True)

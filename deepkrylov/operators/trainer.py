@@ -2,7 +2,8 @@
 
 Optimizer and scheduler from config, relative Lp/H1 losses, evaluation on several data sets (e.g. several
 resolutions), best and last checkpoints with resume to bitwise-identical parameters (model, optimizer,
-scheduler, epoch and RNG states are saved), metrics as JSON lines, a progress bar on rank 0, a seed, DDP when
+scheduler, epoch and RNG states are saved), the best weights also kept in memory (``restore_best``, as DeepXDE
+restores its best step by training loss), metrics as JSON lines, a progress bar on rank 0, a seed, DDP when
 ``torch.distributed`` is initialised (gloo on CPU, NCCL on CUDA; the ranks split each global batch of the
 serial order, so a data-parallel run follows the serial one up to rounding), CUDA when present.
 Domain-parallel instead when a ``ProcessGrid`` is given: every rank takes the same batches, the model runs on
@@ -30,7 +31,8 @@ __all__ = ["Trainer", "TrainConfig", "make_loss", "MODELS", "register_model"]
 log = logging.getLogger(__name__)
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
-SCHEDULERS = ("none", "step", "cosine", "exponential")
+SCHEDULERS = ("none", "step", "cosine", "exponential", "inverse_time")
+MONITORS = ("rel_l2", "mse")
 LOSSES = ("l2", "l1", "mse", "h1")
 
 MODELS: dict[str, Callable[..., torch.nn.Module]] = {}
@@ -59,7 +61,7 @@ class TrainConfig(dict):
 
     DEFAULTS: dict[str, Any] = dict(
         epochs=10, batch_size=32, lr=1e-3, weight_decay=0.0, optimizer="adam", scheduler="none",
-        step_size=100, gamma=0.5, loss="l2", loss_dim=1, seed=0, eval_every=1, progress=True,
+        step_size=100, gamma=0.5, loss="l2", loss_dim=1, seed=0, eval_every=1, progress=True, monitor="rel_l2",
     )
 
     def __init__(self, **kwargs: Any) -> None:
@@ -106,6 +108,8 @@ class Trainer:
             raise ValueError(f"optimizer must be one of {OPTIMIZERS}, but got {c['optimizer']!r}")
         if c["scheduler"] not in SCHEDULERS:
             raise ValueError(f"scheduler must be one of {SCHEDULERS}, but got {c['scheduler']!r}")
+        if c["monitor"] not in MONITORS:
+            raise ValueError(f"monitor must be one of {MONITORS}, but got {c['monitor']!r}")
         self.distributed, self.rank, self.world = _dist()
         self.grid = grid
         if grid is not None:  # domain-parallel: no data split, no DDP; ranks share every batch
@@ -142,6 +146,9 @@ class Trainer:
             self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, max(1, c["epochs"]))
         elif c["scheduler"] == "exponential":
             self.scheduler = torch.optim.lr_scheduler.ExponentialLR(self.optimizer, c["gamma"])
+        elif c["scheduler"] == "inverse_time":  # lr / (1 + gamma * epoch / step_size), DeepXDE's "inverse time"
+            rate, steps = float(c["gamma"]), float(c["step_size"])
+            self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda e: 1.0 / (1.0 + rate * e / steps))
         else:
             self.scheduler = None
         self.forward = forward or (lambda m, inputs: m(*inputs))
@@ -150,6 +157,7 @@ class Trainer:
         self.out_dir = out_dir
         self.epoch = 0
         self.best = float("inf")
+        self.best_state: Optional[dict[str, torch.Tensor]] = None  # weights at ``best`` (this process's run)
         self.history: list[dict[str, Any]] = []
         if out_dir and self.rank == 0:
             os.makedirs(out_dir, exist_ok=True)
@@ -203,6 +211,12 @@ class Trainer:
             self.scheduler.load_state_dict(st["scheduler"])
         self.epoch, self.best = int(st["epoch"]), float(st["best"])
         _set_rng_state(st["rng"])
+
+    def restore_best(self) -> None:
+        """Load the weights of the best evaluation so far (in memory; after a resume only if one improved since)."""
+        if self.best_state is None:
+            raise RuntimeError("no best weights: fit() with an evaluation set first (best.pt holds earlier runs')")
+        self.module.load_state_dict(self.best_state)
 
     # -- loops ---------------------------------------------------------------------------------------------
     def _order(self, ds: Dataset, train: bool) -> torch.Tensor:
@@ -285,8 +299,9 @@ class Trainer:
 
     def fit(self, train: Dataset, evals: Optional[Mapping[str, Dataset]] = None,
             resume: Union[bool, str] = False) -> list[dict[str, Any]]:
-        """Train until ``config['epochs']``; ``evals``: name -> data set (e.g. per resolution); the first is
-        used for the best checkpoint. ``resume``: True (``out_dir/last.pt`` if present) or a checkpoint path."""
+        """Train until ``config['epochs']``; ``evals``: name -> data set (e.g. per resolution); the first one's
+        ``config['monitor']`` metric picks the best checkpoint (pass the training set first to select by training
+        error, as DeepXDE does). ``resume``: True (``out_dir/last.pt`` if present) or a checkpoint path."""
         if resume:
             path = resume if isinstance(resume, str) else os.path.join(self.out_dir or ".", "last.pt")
             if isinstance(resume, str) or os.path.exists(path):
@@ -306,9 +321,10 @@ class Trainer:
                 for name, ds in evals.items():
                     for k, v in self.evaluate(ds).items():
                         rec[f"{name}/{k}"] = v
-                key = f"{next(iter(evals))}/rel_l2"
+                key = f"{next(iter(evals))}/{self.config['monitor']}"
                 if rec[key] < self.best:
                     self.best = rec[key]
+                    self.best_state = {k: v.detach().clone() for k, v in self.module.state_dict().items()}
                     if self.out_dir:
                         self.save_checkpoint(os.path.join(self.out_dir, "best.pt"))
             self.history.append(rec)

@@ -89,6 +89,31 @@ def test_bad_config_and_checkpoint(tmp_path) -> None:
         Trainer(_model(), {"loss": "l3"})
     with pytest.raises(FileNotFoundError):
         Trainer(_model()).load_checkpoint(str(tmp_path / "nope.pt"))
+    with pytest.raises(ValueError, match="monitor must be one of"):
+        Trainer(_model(), {"monitor": "loss"})
+    with pytest.raises(RuntimeError, match="no best weights"):
+        Trainer(_model()).restore_best()
+
+
+def test_restore_best_by_training_mse() -> None:
+    """Best weights are those of the evaluation with the lowest monitored metric, restored exactly (a large
+    learning rate makes the last epoch worse than the best one)."""
+    ds = _problem()
+    tr = Trainer(_model(), dict(CFG, epochs=12, lr=0.5, scheduler="none", monitor="mse", eval_every=3))
+    hist = tr.fit(ds, {"train": ds})
+    checked = [r for r in hist if "train/mse" in r]
+    assert [r["epoch"] for r in checked] == [3, 6, 9, 12]
+    best = min(r["train/mse"] for r in checked)
+    assert tr.best == best < checked[-1]["train/mse"]
+    tr.restore_best()
+    assert tr.evaluate(ds)["mse"] == pytest.approx(best, rel=1e-6)
+
+
+def test_inverse_time_schedule_matches_formula() -> None:
+    tr = Trainer(_model(), dict(CFG, epochs=6, lr=1e-2, scheduler="inverse_time", step_size=2, gamma=0.5))
+    hist = tr.fit(_problem())
+    # the lr logged after epoch e is that of epoch e + 1: lr0 / (1 + gamma * e / step_size)
+    assert [r["lr"] for r in hist] == pytest.approx([1e-2 / (1 + 0.5 * e / 2) for e in range(1, 7)], rel=1e-12)
 
 
 def test_registry_has_models() -> None:
