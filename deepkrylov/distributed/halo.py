@@ -70,9 +70,11 @@ def _check(grid: ProcessGrid, widths: Widths, mode: str) -> None:
                 )
 
 
-def _slab(ndim: int, axis: int, along: slice) -> tuple:
-    """Index of the slab used for axis ``axis``: ``along`` on that axis, the padded extent on the others."""
-    return (slice(None),) * (2 + axis) + (along,) + (slice(None),) * (ndim - axis - 1)
+def _slab(widths: Widths, local: Sequence[int], axis: int, along: slice, later_padded: bool) -> tuple:
+    """Index of a slab for axis ``axis``: ``along`` on it, the padded extent of the earlier axes, and of the later
+    ones the padded extent (messages: longer contiguous runs) or the interior (boundary fills: least work)."""
+    later = [slice(None) if later_padded else slice(lo, lo + n) for (lo, _), n in zip(widths[axis + 1:], local[axis + 1:])]
+    return (slice(None),) * (2 + axis) + (along,) + tuple(later)
 
 
 class _AxisPlan:
@@ -100,13 +102,16 @@ def _plan(grid: ProcessGrid, widths: Widths, mode: str) -> tuple[_AxisPlan, ...]
         n, d = local[a], 2 + a
         lo_nbr, hi_nbr = grid.neighbour(a, -1, wrap), grid.neighbour(a, +1, wrap)
 
+        def m(start: int, stop: int) -> tuple:
+            return _slab(widths, local, a, slice(start, stop), True)
+
         def v(start: int, stop: int) -> tuple:
-            return _slab(len(local), a, slice(start, stop))
+            return _slab(widths, local, a, slice(start, stop), False)
 
         if lo:  # my last `lo` cells -> upper neighbour's lower ghosts; mine come from below
-            plan.messages.append((v(n, n + lo), hi_nbr, v(0, lo), lo_nbr))
+            plan.messages.append((m(n, n + lo), hi_nbr, m(0, lo), lo_nbr))
         if hi:  # my first `hi` cells -> lower neighbour's upper ghosts; mine come from above
-            plan.messages.append((v(lo, lo + hi), lo_nbr, v(lo + n, lo + n + hi), hi_nbr))
+            plan.messages.append((m(lo, lo + hi), lo_nbr, m(lo + n, lo + n + hi), hi_nbr))
         if mode != "circular":
             if lo and lo_nbr is None:
                 src = {"zeros": None, "replicate": v(lo, lo + 1), "reflect": v(lo + 1, lo + 1 + lo)}[mode]

@@ -1,7 +1,8 @@
 """1D viscous Burgers ``u_t + (u^2/2)_x = nu u_xx`` on the periodic unit interval, solved spectrally.
 
 Pseudo-spectral in space (2/3-rule dealiasing), integrating factor for the viscous term and classical RK4 in
-time, float64. The initial condition is a periodic GRF (Matérn via deepkrylov.mesh). Data: ``a (N, n)`` the
+time, float64. The initial condition is a periodic GRF (Matérn via deepkrylov.mesh); by default the prior of the
+FNO paper's Burgers data, ``N(0, 625 (-Delta + 25 I)^-2)``: Matérn nu = 3/2 with ``2 nu / length^2 = 25``. Data: ``a (N, n)`` the
 initial condition, ``u (N, n)`` the solution at time ``T``, ``x (n,)``.
 """
 
@@ -15,6 +16,10 @@ from ._common import gather_rows, progress, rank_size, split
 from ._io import save_dataset
 
 __all__ = ["solve_burgers", "generate_burgers"]
+
+FNO_LENGTH = (3.0 / 25.0) ** 0.5
+# point standard deviation of N(0, 625 (-Delta + 25 I)^-2) on the periodic unit interval
+FNO_SIGMA = float(np.sqrt(np.sum(625.0 / ((2 * np.pi * np.arange(-4096, 4097)) ** 2 + 25.0) ** 2)))
 
 
 def solve_burgers(u0: np.ndarray, viscosity: float, T: float, dt: float = 1e-4) -> np.ndarray:
@@ -45,15 +50,15 @@ def solve_burgers(u0: np.ndarray, viscosity: float, T: float, dt: float = 1e-4) 
 
 
 def generate_burgers(num_samples: int, n: int = 128, viscosity: float = 0.1, T: float = 1.0, dt: float = 1e-3,
-                     length: float = 0.1, seed: int = 0, path: Optional[str] = None,
+                     length: float = FNO_LENGTH, sigma: float = FNO_SIGMA, seed: int = 0, path: Optional[str] = None,
                      progress_bar: bool = True, comm: object = None) -> dict[str, np.ndarray]:
     """Seeded Burgers data set; under mpiexec the ranks split the samples (every rank returns all of them)."""
     import torch
 
     from deepkrylov.mesh import StructuredGrid, gaussian_random_field
 
-    a = gaussian_random_field(StructuredGrid((n,)), kernel="matern", length=length, nu=1.5, batch=num_samples,
-                              seed=seed, periodic=True).numpy()
+    a = gaussian_random_field(StructuredGrid((n,)), kernel="matern", length=length, nu=1.5, sigma=sigma,
+                              batch=num_samples, seed=seed, periodic=True).numpy()
     comm, rank, size = rank_size(comm)
     lo, hi = split(num_samples, rank, size)
     bar = progress(hi - lo, rank, "burgers", progress_bar)
@@ -69,5 +74,5 @@ def generate_burgers(num_samples: int, n: int = 128, viscosity: float = 0.1, T: 
     data = {"a": a, "u": u, "x": np.arange(n) / n}
     if path is not None and rank == 0:
         save_dataset(path, data, {"problem": "burgers", "num_samples": num_samples, "n": n, "viscosity": viscosity,
-                                  "T": T, "dt": dt, "length": length, "seed": seed})
+                                  "T": T, "dt": dt, "length": length, "sigma": sigma, "seed": seed})
     return data
