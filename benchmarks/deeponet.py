@@ -3,11 +3,14 @@
 
     DDE_BACKEND=pytorch .venv/bin/python benchmarks/deeponet.py --iterations 50000   # the paper's budget
     .venv/bin/python benchmarks/deeponet.py --iterations 2000                          # a quick run
+    .venv/bin/python benchmarks/deeponet.py --parts triples --seeds 3 --only ours --schedules constant step:40000:0.1
 
 Antiderivative, the paper's setting: 10,000 training triples (u, y, s(y)) from 10,000 functions, one random point
-each, and 100,000 test triples (DeepXDE ``Triple`` / ``DeepONet``). Also aligned data: 100 training functions x
-100 points = 10,000 triples; 1,000 test functions x 100 points = 100,000 test triples. Both libraries: branch [100,40,40], trunk [1,40,40], ReLU, Glorot normal, Adam 1e-3, full
-batch, MSE loss, float32, one thread. Prints a table and writes benchmarks/results/deeponet.json.
+each, and 100,000 test triples (DeepXDE ``Triple`` / ``DeepONet``); the protocol of the paper's code: the
+training MSE checked every 1,000 iterations and the best step restored before testing. Both libraries: branch
+[100,40,40], trunk [1,40,40], ReLU, Glorot normal, Adam 1e-3 (optionally decayed, the same for both), full batch,
+MSE loss, float32, one thread. Also aligned data: 100 training functions x 100 points; 1,000 test functions x 100
+points (last iterate). Prints a table and writes benchmarks/results/deeponet.json.
 """
 
 from __future__ import annotations
@@ -54,15 +57,17 @@ def ours(u_tr, s_tr, u_te, s_te, y, branch, trunk, iterations, pod=None, loss="m
 
 def ours_triples(tr, te, iterations, seed=0, decay=None):  # type: ignore[no-untyped-def]
     """The paper's protocol: unaligned triples (one point per function), full batch, MSE, the training MSE checked
-    every 1,000 iterations and the best step restored at the end. ``decay``: (decay_steps, rate) for an
-    inverse-time learning rate, lr / (1 + rate * step / decay_steps); None keeps it constant."""
+    every 1,000 iterations and the best step restored at the end. ``decay``: (kind, steps, rate) with kind
+    ``step`` or ``inverse-time`` (see ``--schedules``); None keeps the learning rate constant."""
     torch.manual_seed(seed)
     model = DeepONet([tr["u"].shape[1], 40, 40], [1, 40, 40], "relu", aligned=False)
     f32 = lambda a: torch.as_tensor(a, dtype=torch.float32)  # noqa: E731
     ds = TensorDataset(f32(tr["u"]), f32(tr["y"]), f32(tr["s"]))
-    sched = dict(scheduler="inverse_time", step_size=decay[0], gamma=decay[1]) if decay else {}
+    sched = dict(scheduler=decay[0].replace("-", "_"), step_size=decay[1], gamma=decay[2]) if decay else {}
+    if decay and decay[0] == "cosine" and decay[1] != iterations:
+        raise ValueError(f"cosine schedules here run over all {iterations} iterations, but got {decay[1]}")
     trainer = Trainer(model, dict(epochs=iterations, batch_size=len(ds), lr=1e-3, loss="mse", progress=False,
-                                  seed=seed, eval_every=_CHECK_EVERY, monitor="mse", **sched),
+                                  seed=seed, eval_every=min(_CHECK_EVERY, iterations), monitor="mse", **sched),
                       forward=lambda m, inp: m(inp[0], inp[1]))
     t0 = time.perf_counter()
     trainer.fit(ds, evals={"train": ds})
@@ -94,12 +99,12 @@ def deepxde_triples(tr, te, iterations, seed=0, decay=None):  # type: ignore[no-
                            X_test=(f32(te["u"][:1000]), f32(te["y"][:1000])), y_test=f32(te["s"][:1000])[:, None])
     net = dde.nn.DeepONet([tr["u"].shape[1], 40, 40], [1, 40, 40], "relu", "Glorot normal")
     model = dde.Model(data, net)
-    model.compile("adam", lr=1e-3, decay=("inverse time", decay[0], decay[1]) if decay else None)
+    model.compile("adam", lr=1e-3, decay=(decay[0].replace("-", " "), decay[1], decay[2]) if decay else None)
     with tempfile.TemporaryDirectory() as tmp:
         check = dde.callbacks.ModelCheckpoint(os.path.join(tmp, "model"), save_better_only=True,
-                                              period=_CHECK_EVERY)
+                                              period=min(_CHECK_EVERY, iterations))
         t0 = time.perf_counter()
-        _, state = model.train(iterations=iterations, display_every=_CHECK_EVERY, verbose=0, callbacks=[check])
+        _, state = model.train(iterations=iterations, display_every=min(_CHECK_EVERY, iterations), verbose=0, callbacks=[check])
         dt = time.perf_counter() - t0
         model.restore(os.path.join(tmp, f"model-{state.best_step}.pt"))
     pred = model.predict((f32(te["u"]), f32(te["y"]))).reshape(-1)
@@ -143,13 +148,15 @@ def main() -> None:
                          "between seeds for both codes); rows report the median, per-seed values are kept")
     ap.add_argument("--only", choices=("ours", "deepxde"), default=None,
                     help="run one side of the 10k-triples comparison only (to run the two sides in parallel)")
-    ap.add_argument("--schedule", choices=("constant", "inverse-time", "both"), default="constant",
-                    help="learning rate of the 10k-triples comparison, the same for both codes (paper: constant)")
-    ap.add_argument("--decay", type=float, nargs=2, default=(1000, 0.2), metavar=("STEPS", "RATE"),
-                    help="inverse-time decay: lr / (1 + RATE * step / STEPS)")
+    ap.add_argument("--schedules", nargs="+", type=_schedule, default=[_schedule("constant")],
+                    help="learning-rate schedules of the 10k-triples comparison, the same for both codes: constant "
+                         "(the paper's), step:STEPS:GAMMA (lr * GAMMA^(step // STEPS)), inverse-time:STEPS:RATE "
+                         "(lr / (1 + RATE * step / STEPS)), cosine:ITERATIONS:0 (to 0 at the last iteration)")
     ap.add_argument("--parts", nargs="+", choices=("triples", "aligned", "burgers"),
                     default=["triples", "aligned", "burgers"], help="which comparisons to run")
     ap.add_argument("--out", default="benchmarks/results/deeponet.json")
+    ap.add_argument("--merge", action="store_true",
+                    help="keep the rows of --out that this run does not replace (same problem, model, schedule)")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     rows = []
@@ -162,16 +169,24 @@ def main() -> None:
     _report(a, rows)
 
 
+def _schedule(text: str) -> tuple:
+    """``constant`` -> (label, None); ``KIND:STEPS:RATE`` -> (label, (KIND, STEPS, RATE))."""
+    if text == "constant":
+        return "constant lr (paper)", None
+    kind, steps, rate = text.split(":")
+    if kind not in ("step", "inverse-time", "cosine") or (kind == "cosine" and float(rate) != 0):
+        raise argparse.ArgumentTypeError(f"schedule must be constant, step:N:G, inverse-time:N:R or cosine:N:0, "
+                                         f"got {text!r}")
+    return f"{kind} lr ({steps}, {rate})", (kind, int(steps), float(rate))
+
+
 def triples(a: argparse.Namespace) -> list[dict]:  # type: ignore[type-arg]
     """The paper's antiderivative setting, both codes, ``a.seeds`` seeds, the chosen learning-rate schedules."""
     rows = []
     tr = generate_antiderivative(10000, m=100, aligned=False, seed=0)
     te = generate_antiderivative(100000, m=100, aligned=False, seed=1)
     sides = [("deepkrylov DeepONet", ours_triples), ("DeepXDE DeepONet", deepxde_triples)]
-    schedules = ([("constant lr (paper)", None)] if a.schedule != "inverse-time" else []) + (
-        [(f"inverse-time lr ({a.decay[0]:g}, {a.decay[1]:g})", (int(a.decay[0]), a.decay[1]))]
-        if a.schedule != "constant" else [])
-    for label, decay in schedules:
+    for label, decay in a.schedules:
         for name, run in sides:
             if (a.skip_deepxde and run is deepxde_triples) or (a.only and (a.only == "ours") != (run is ours_triples)):
                 continue
@@ -222,13 +237,25 @@ def burgers(iterations: int) -> list[dict]:  # type: ignore[type-arg]
 
 def _report(a: argparse.Namespace, rows: list[dict]) -> None:  # type: ignore[type-arg]
     bi = a.burgers_iterations or a.iterations
-    print(f"{'problem':36s} {'model':36s} {'test MSE':>10s} {'rel L2':>9s} {'s/1000 it':>10s}")
+    print(f"{'problem':36s} {'model':36s} {'schedule':28s} {'test MSE':>10s} {'rel L2':>9s} {'s/1000 it':>10s}")
     for r in rows:
-        print(f"{r['problem']:36s} {r['model']:36s} {r['test_mse']:10.3e} {r['rel_l2']:9.4f} {r['s_per_1000_it']:10.3f}")
+        print(f"{r['problem']:36s} {r['model']:36s} {r.get('schedule', ''):28s} {r['test_mse']:10.3e} "
+              f"{r['rel_l2']:9.4f} {r['s_per_1000_it']:10.3f}")
     os.makedirs(os.path.dirname(a.out), exist_ok=True)
+    meta = {"iterations": a.iterations, "burgers_iterations": bi, "threads": a.threads, "torch": torch.__version__}
+    if a.merge and os.path.exists(a.out):
+        with open(a.out) as f:
+            old = json.load(f)
+        key = lambda r: (r["problem"], r["model"], r.get("schedule"))  # noqa: E731
+        new = {key(r) for r in rows}
+        for r in old["rows"]:
+            if key(r) not in new:
+                r.setdefault("iterations", old.get("iterations"))
+                rows = rows + [r]
+    for r in rows:
+        r.setdefault("iterations", bi if r["problem"] == "burgers" else a.iterations)
     with open(a.out, "w") as f:
-        json.dump({"iterations": a.iterations, "burgers_iterations": bi, "threads": a.threads,
-                   "torch": torch.__version__, "rows": rows}, f, indent=2)
+        json.dump({**meta, "rows": rows}, f, indent=2)
 
 
 if __name__ == "__main__":

@@ -36,16 +36,24 @@ RESULTS = ROOT / "benchmarks" / "results"
 
 def _time(fn, comm, reps: int) -> float:
     """Median over ``reps`` of the slowest rank's time for one call."""
-    fn()
-    fn()
-    samples = []
-    for _ in range(reps):
-        comm.Barrier()
-        t0 = time.perf_counter()
+    return _time_interleaved([fn], comm, reps)[0]
+
+
+def _time_interleaved(fns, comm, reps: int) -> list[float]:
+    """Like :func:`_time` for several functions, run in turn within each repetition so that they see the same
+    machine state (a shared VM's speed drifts over seconds)."""
+    for fn in fns:
         fn()
-        dt = time.perf_counter() - t0
-        samples.append(comm.allreduce(dt, op=_MPI.MAX))
-    return statistics.median(samples)
+        fn()
+    samples: list[list[float]] = [[] for _ in fns]
+    for _ in range(reps):
+        for fn, out in zip(fns, samples):
+            comm.Barrier()
+            t0 = time.perf_counter()
+            fn()
+            dt = time.perf_counter() - t0
+            out.append(comm.allreduce(dt, op=_MPI.MAX))
+    return [statistics.median(x) for x in samples]
 
 
 def worker(blocks: list[int], widths: list[int], reps: int) -> None:
@@ -95,10 +103,9 @@ def worker(blocks: list[int], widths: list[int], reps: int) -> None:
                     if plan.messages:
                         ctx.comm.exchange_regions(buf, plan.messages, cache=plan.cache)
 
-            t_msg = _time(messages_only, comm, reps)
-            t_ex = _time(lambda: fill_halo_(buf, grid, wd, "zeros"), comm, reps)
-            t_sr = _time(bare, comm, reps)
-            t_halo = _time(lambda: x.halo(w, "zeros"), comm, reps)
+            t_sr, t_msg, t_ex, t_halo = _time_interleaved(
+                [bare, messages_only, lambda: fill_halo_(buf, grid, wd, "zeros"), lambda: x.halo(w, "zeros")],
+                comm, reps)
             rows.append({
                 "ranks": comm.size, "dims": list(dims), "block": b, "width": w, "bytes_sent_per_rank": nbytes,
                 "messages_s": t_msg, "exchange_s": t_ex, "sendrecv_s": t_sr, "halo_s": t_halo,

@@ -153,15 +153,21 @@ class _PersistentExchange:
         self.ref = weakref.ref(buf, self._on_free)
         self.ptr = buf.data_ptr()
         mem = MPI.buffer.fromaddress(self.ptr, buf.numel() * buf.element_size())
+        itemsize = buf.element_size()
         self.reqs, self.local = [], []
+
+        def spec(region: tuple) -> list:
+            off, count, dtype = region
+            return [MPI.buffer.fromaddress(self.ptr + off * itemsize, (mem.nbytes - off * itemsize)), count, dtype]
+
         for st, dest, rt, source, tag in prepared:
             if st is None and rt is None:
                 self.local.append((dest, source))
                 continue
             if rt is not None and source != MPI.PROC_NULL:
-                self.reqs.append(comm.mpi_comm.Recv_init([mem, 1, rt], source, tag))
+                self.reqs.append(comm.mpi_comm.Recv_init(spec(rt), source, tag))
             if st is not None and dest != MPI.PROC_NULL:
-                self.reqs.append(comm.mpi_comm.Send_init([mem, 1, st], dest, tag))
+                self.reqs.append(comm.mpi_comm.Send_init(spec(st), dest, tag))
 
     def run(self, buf: torch.Tensor) -> None:
         if self.reqs:
@@ -224,18 +230,28 @@ class MPIComm(Comm):
     def identity(self) -> tuple:
         return (self.name, self.size, self.mpi_comm.py2f())
 
-    def _subarray(self, shape: tuple, dtype: torch.dtype, index: tuple) -> Any:
-        key = (shape, dtype, tuple((s.start, s.stop) for s in index))
+    def _region(self, shape: tuple, dtype: torch.dtype, index: tuple) -> tuple:
+        """``(offset, count, datatype)`` addressing ``index`` of a C-contiguous array of ``shape``: a run of the
+        basic type where the region is contiguous (sent straight from memory), else a cached subarray type."""
+        bounds = [sl.indices(n)[:2] for n, sl in zip(shape, index)]
+        sizes = [b - a for a, b in bounds]
+        # contiguous iff, after the first axis with more than one index, every axis spans its full extent
+        first = next((i for i, n in enumerate(sizes) if n > 1), len(sizes))
+        if all(sizes[i] == shape[i] for i in range(first + 1, len(shape))):
+            offset, stride = 0, 1
+            for (a, _), n in zip(reversed(bounds), reversed(shape)):
+                offset += a * stride
+                stride *= n
+            count = 1
+            for n in sizes:
+                count *= n
+            return offset, count, _MPI_TYPES[dtype](self._MPI)
+        key = (shape, dtype, tuple(bounds))
         t = self._types.get(key)
         if t is None:
-            starts, subsizes = [], []
-            for n, sl in zip(shape, index):
-                a, b, _ = sl.indices(n)
-                starts.append(a)
-                subsizes.append(b - a)
-            t = _MPI_TYPES[dtype](self._MPI).Create_subarray(list(shape), subsizes, starts).Commit()
+            t = _MPI_TYPES[dtype](self._MPI).Create_subarray(list(shape), sizes, [a for a, _ in bounds]).Commit()
             self._types[key] = t
-        return t
+        return 0, 1, t
 
     def exchange_regions(self, buf: torch.Tensor, messages: list, add: bool = False, cache: Optional[dict] = None) -> None:
         """Send regions straight from the buffer with MPI subarray datatypes (no packing copies in Python).
@@ -262,8 +278,8 @@ class MPIComm(Comm):
                 if dest == self.rank and source == self.rank:
                     prepared.append((None, send_index, None, recv_index, tag))
                     continue
-                st = self._subarray(shape, buf.dtype, send_index) if dest is not None else None
-                rt = self._subarray(shape, buf.dtype, recv_index) if source is not None else None
+                st = self._region(shape, buf.dtype, send_index) if dest is not None else None
+                rt = self._region(shape, buf.dtype, recv_index) if source is not None else None
                 prepared.append((st, MPI.PROC_NULL if dest is None else dest, rt,
                                  MPI.PROC_NULL if source is None else source, tag))
             if cache is not None:
@@ -281,15 +297,15 @@ class MPIComm(Comm):
                 bound.run(buf)
                 return
             cache["mpi-seen"] = (weakref.ref(buf), buf.data_ptr())
-        arr = _mpi_buffer(buf, self.cuda_aware)
+        flat = _mpi_buffer(buf.view(-1), self.cuda_aware)
         empty = [None, 0, self._MPI.BYTE]
         sendrecv = self.mpi_comm.Sendrecv
         for st, dest, rt, source, tag in prepared:  # tags as in _PersistentExchange: the two paths interoperate
             if st is None and rt is None:  # both neighbours are this rank
                 buf[source].copy_(buf[dest])
                 continue
-            sendrecv([arr, 1, st] if st is not None else empty, dest, tag,
-                     [arr, 1, rt] if rt is not None else empty, source, tag)
+            sendrecv([flat[st[0]:], st[1], st[2]] if st is not None else empty, dest, tag,
+                     [flat[rt[0]:], rt[1], rt[2]] if rt is not None else empty, source, tag)
 
     def allreduce_(self, tensor: torch.Tensor) -> torch.Tensor:
         if self.size == 1:
