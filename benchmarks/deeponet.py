@@ -30,11 +30,30 @@ from deepkrylov.operators import DeepONet, LpLoss, Trainer, pod_basis  # noqa: E
 from deepkrylov.operators.data import generate_antiderivative, generate_burgers  # noqa: E402
 
 
-def ours(u_tr, s_tr, u_te, s_te, y, branch, trunk, iterations, pod=None, loss="mse", activation="relu",  # type: ignore[no-untyped-def]
-         lr=1e-3, decay=None, features=None, standardize=False, best=True):
-    """Aligned DeepONet trained full batch, the best training MSE of the 1,000-iteration checks restored (or the
-    last iterate, ``best=False``);
-    ``decay``: (steps, rate) inverse-time; ``features``: trunk transform; ``standardize``: the output
+_CHECK_EVERY = 1000
+
+
+def _fit(model, ds, iterations, forward, lr=1e-3, loss="mse", seed=0, decay=None, best=True):  # type: ignore[no-untyped-def]
+    """Full-batch training; ``decay``: (kind, steps, rate), kind ``step``, ``inverse-time`` or ``cosine`` (see
+    ``--schedules``), None for a constant rate. ``best``: the paper code's protocol, the training MSE checked
+    every 1,000 iterations and the best step restored; otherwise the last iterate. Returns (trainer, seconds)."""
+    if decay and decay[0] == "cosine" and decay[1] != iterations:
+        raise ValueError(f"cosine schedules here run over all {iterations} iterations, but got {decay[1]}")
+    sched = dict(scheduler=decay[0].replace("-", "_"), step_size=decay[1], gamma=decay[2]) if decay else {}
+    check = min(_CHECK_EVERY, iterations) if best else iterations + 1
+    trainer = Trainer(model, dict(epochs=iterations, batch_size=len(ds), lr=lr, loss=loss, progress=False, seed=seed,
+                                  eval_every=check, monitor="mse", **sched), forward=forward)
+    t0 = time.perf_counter()
+    trainer.fit(ds, evals={"train": ds} if best else None)
+    dt = time.perf_counter() - t0
+    if best:
+        trainer.restore_best()
+    return trainer, dt
+
+
+def ours(u_tr, s_tr, u_te, s_te, y, branch, trunk, iterations, pod=None, loss="mse",  # type: ignore[no-untyped-def]
+         activation="relu", lr=1e-3, decay=None, features=None, standardize=False, best=True):
+    """Aligned DeepONet trained as in :func:`_fit`; ``features``: trunk transform; ``standardize``: the output
     de-standardised per point with the training mean and std (Lu et al. 2022)."""
     torch.manual_seed(0)
     out_tf = None
@@ -44,16 +63,7 @@ def ours(u_tr, s_tr, u_te, s_te, y, branch, trunk, iterations, pod=None, loss="m
     model = DeepONet(branch, trunk, activation, pod=pod, feature_transform=features, output_transform=out_tf)
     yt = torch.as_tensor(y, dtype=torch.float32)
     ds = TensorDataset(torch.as_tensor(u_tr, dtype=torch.float32), torch.as_tensor(s_tr, dtype=torch.float32))
-    sched = dict(scheduler="inverse_time", step_size=decay[0], gamma=decay[1]) if decay else {}
-    tr = Trainer(model, dict(epochs=iterations, batch_size=len(ds), lr=lr, loss=loss, progress=False, seed=0,
-                             eval_every=min(_CHECK_EVERY, iterations) if best else iterations + 1, monitor="mse",
-                             **sched),
-                 forward=lambda m, inp: m(inp[0], yt))
-    t0 = time.perf_counter()
-    tr.fit(ds, evals={"train": ds} if best else None)
-    dt = time.perf_counter() - t0
-    if best:
-        tr.restore_best()  # the paper code's protocol: the best training MSE of the 1,000-iteration checks
+    _, dt = _fit(model, ds, iterations, lambda m, inp: m(inp[0], yt), lr=lr, loss=loss, decay=decay, best=best)
     with torch.no_grad():
         pred = model(torch.as_tensor(u_te, dtype=torch.float32), yt)
     st = torch.as_tensor(s_te, dtype=torch.float32)
@@ -62,29 +72,15 @@ def ours(u_tr, s_tr, u_te, s_te, y, branch, trunk, iterations, pod=None, loss="m
 
 
 def ours_triples(tr, te, iterations, seed=0, decay=None):  # type: ignore[no-untyped-def]
-    """The paper's protocol: unaligned triples (one point per function), full batch, MSE, the training MSE checked
-    every 1,000 iterations and the best step restored at the end. ``decay``: (kind, steps, rate) with kind
-    ``step`` or ``inverse-time`` (see ``--schedules``); None keeps the learning rate constant."""
+    """The paper's setting: unaligned triples (one point per function), trained as in :func:`_fit`."""
     torch.manual_seed(seed)
     model = DeepONet([tr["u"].shape[1], 40, 40], [1, 40, 40], "relu", aligned=False)
     f32 = lambda a: torch.as_tensor(a, dtype=torch.float32)  # noqa: E731
     ds = TensorDataset(f32(tr["u"]), f32(tr["y"]), f32(tr["s"]))
-    sched = dict(scheduler=decay[0].replace("-", "_"), step_size=decay[1], gamma=decay[2]) if decay else {}
-    if decay and decay[0] == "cosine" and decay[1] != iterations:
-        raise ValueError(f"cosine schedules here run over all {iterations} iterations, but got {decay[1]}")
-    trainer = Trainer(model, dict(epochs=iterations, batch_size=len(ds), lr=1e-3, loss="mse", progress=False,
-                                  seed=seed, eval_every=min(_CHECK_EVERY, iterations), monitor="mse", **sched),
-                      forward=lambda m, inp: m(inp[0], inp[1]))
-    t0 = time.perf_counter()
-    trainer.fit(ds, evals={"train": ds})
-    dt = time.perf_counter() - t0
-    trainer.restore_best()
+    trainer, dt = _fit(model, ds, iterations, lambda m, inp: m(inp[0], inp[1]), seed=seed, decay=decay)
     with torch.no_grad():
         pred = model(f32(te["u"]), f32(te["y"])).reshape(-1).numpy()
     return {**_scores(pred, te["s"], dt, iterations), "best_step": _best_step(trainer.history)}
-
-
-_CHECK_EVERY = 1000
 
 
 def _best_step(history):  # type: ignore[no-untyped-def]
@@ -110,7 +106,8 @@ def deepxde_triples(tr, te, iterations, seed=0, decay=None):  # type: ignore[no-
         check = dde.callbacks.ModelCheckpoint(os.path.join(tmp, "model"), save_better_only=True,
                                               period=min(_CHECK_EVERY, iterations))
         t0 = time.perf_counter()
-        _, state = model.train(iterations=iterations, display_every=min(_CHECK_EVERY, iterations), verbose=0, callbacks=[check])
+        _, state = model.train(iterations=iterations, display_every=min(_CHECK_EVERY, iterations), verbose=0,
+                               callbacks=[check])
         dt = time.perf_counter() - t0
         model.restore(os.path.join(tmp, f"model-{state.best_step}.pt"))
     pred = model.predict((f32(te["u"]), f32(te["y"]))).reshape(-1)
@@ -230,7 +227,7 @@ def burgers(iterations: int) -> list[dict]:  # type: ignore[type-arg]
     ub, sb, xb = b["a"], b["u"], b["x"][:, None]
     args = (ub[:1000], sb[:1000], ub[1000:], sb[1000:], xb)
     r = ours(*args, [128, 128, 128, 128, 128], [4, 128, 128, 128], iterations, activation="tanh",
-             decay=(max(1, iterations // 5), 0.5), features=lambda y: periodic_features(y, harmonics=2),
+             decay=("inverse-time", max(1, iterations // 5), 0.5), features=lambda y: periodic_features(y, harmonics=2),
              standardize=True)
     rows.append({"problem": "burgers", "model": "deepkrylov DeepONet", **r})
     print(rows[-1], flush=True)

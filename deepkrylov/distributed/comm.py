@@ -8,6 +8,7 @@ exchange and global reductions need, and it keeps mpi4py and torch.distributed i
 from __future__ import annotations
 
 import abc
+import math
 import sys
 import traceback
 import weakref
@@ -152,13 +153,12 @@ class _PersistentExchange:
         self._MPI = MPI
         self.ref = weakref.ref(buf, self._on_free)
         self.ptr = buf.data_ptr()
-        mem = MPI.buffer.fromaddress(self.ptr, buf.numel() * buf.element_size())
-        itemsize = buf.element_size()
+        itemsize, nbytes = buf.element_size(), buf.numel() * buf.element_size()
         self.reqs, self.local = [], []
 
         def spec(region: tuple) -> list:
             off, count, dtype = region
-            return [MPI.buffer.fromaddress(self.ptr + off * itemsize, (mem.nbytes - off * itemsize)), count, dtype]
+            return [MPI.buffer.fromaddress(self.ptr + off * itemsize, nbytes - off * itemsize), count, dtype]
 
         for st, dest, rt, source, tag in prepared:
             if st is None and rt is None:
@@ -238,14 +238,8 @@ class MPIComm(Comm):
         # contiguous iff, after the first axis with more than one index, every axis spans its full extent
         first = next((i for i, n in enumerate(sizes) if n > 1), len(sizes))
         if all(sizes[i] == shape[i] for i in range(first + 1, len(shape))):
-            offset, stride = 0, 1
-            for (a, _), n in zip(reversed(bounds), reversed(shape)):
-                offset += a * stride
-                stride *= n
-            count = 1
-            for n in sizes:
-                count *= n
-            return offset, count, _MPI_TYPES[dtype](self._MPI)
+            offset = sum(a * math.prod(shape[i + 1:]) for i, (a, _) in enumerate(bounds))
+            return offset, math.prod(sizes), _MPI_TYPES[dtype](self._MPI)
         key = (shape, dtype, tuple(bounds))
         t = self._types.get(key)
         if t is None:
@@ -254,7 +248,8 @@ class MPIComm(Comm):
         return 0, 1, t
 
     def exchange_regions(self, buf: torch.Tensor, messages: list, add: bool = False, cache: Optional[dict] = None) -> None:
-        """Send regions straight from the buffer with MPI subarray datatypes (no packing copies in Python).
+        """Send regions straight from the buffer (no packing copies in Python): contiguous regions as runs of the
+        basic type, strided ones with cached MPI subarray datatypes.
 
         A buffer exchanged again (the same tensor, as in a solver loop that reuses its padded block) gets persistent
         requests bound to its memory: one ``Startall`` and one ``Waitall`` per call, the least Python per message.

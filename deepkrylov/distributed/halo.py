@@ -4,8 +4,8 @@ Axes are filled one after another; the slab sent along axis ``a`` spans the alre
 axes, so corner and edge ghosts arrive without diagonal messages, and the result equals ``torch.nn.functional.pad``
 of the whole tensor. It spans the padded extent of the later axes too: the stale ghosts it carries there are
 overwritten when those axes are filled, and the slab of the first split axis is then one contiguous run of
-memory (for one batch and channel), sent with no packing. The backward pass is the adjoint, axis by axis in reverse: every ghost's gradient goes back
-to the rank that owns the cell and is added there (DistDL's rule).
+memory (for one batch and channel), sent with no packing. The backward pass is the adjoint, axis by axis in
+reverse: every ghost's gradient goes back to the rank that owns the cell and is added there (DistDL's rule).
 """
 
 from __future__ import annotations
@@ -73,7 +73,8 @@ def _check(grid: ProcessGrid, widths: Widths, mode: str) -> None:
 def _slab(widths: Widths, local: Sequence[int], axis: int, along: slice, later_padded: bool) -> tuple:
     """Index of a slab for axis ``axis``: ``along`` on it, the padded extent of the earlier axes, and of the later
     ones the padded extent (messages: longer contiguous runs) or the interior (boundary fills: least work)."""
-    later = [slice(None) if later_padded else slice(lo, lo + n) for (lo, _), n in zip(widths[axis + 1:], local[axis + 1:])]
+    later = [slice(None) if later_padded else slice(lo, lo + n)
+             for (lo, _), n in zip(widths[axis + 1:], local[axis + 1:])]
     return (slice(None),) * (2 + axis) + (along,) + tuple(later)
 
 

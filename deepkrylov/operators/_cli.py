@@ -233,8 +233,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         model = build_model(spec)
         fwd = None  # type: ignore[assignment]
     cfg = dict(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, loss=args.loss, scheduler=args.scheduler,
-               step_size=args.step_size, gamma=args.gamma, seed=args.seed, loss_dim=max(1, x.ndim - 1), optimizer=args.optimizer,
-               weight_decay=args.weight_decay)
+               step_size=args.step_size, gamma=args.gamma, seed=args.seed, loss_dim=max(1, x.ndim - 1),
+               optimizer=args.optimizer, weight_decay=args.weight_decay)
     if ctx.is_root:
         os.makedirs(args.out, exist_ok=True)
         if args.model == "deeponet":

@@ -2,8 +2,8 @@
 
 Pseudo-spectral in space (2/3-rule dealiasing), integrating factor for the viscous term and classical RK4 in
 time, float64. The initial condition is a periodic GRF (Matérn via deepkrylov.mesh); by default the prior of the
-FNO paper's Burgers data, ``N(0, 625 (-Delta + 25 I)^-2)``: Matérn nu = 3/2 with ``2 nu / length^2 = 25``. Data: ``a (N, n)`` the
-initial condition, ``u (N, n)`` the solution at time ``T``, ``x (n,)``.
+FNO paper's Burgers data, ``N(0, 625 (-Delta + 25 I)^-2)``: Matérn nu = 3/2 with ``2 nu / length^2 = 25``.
+Data: ``a (N, n)`` the initial condition, ``u (N, n)`` the solution at time ``T``, ``x (n,)``.
 """
 
 from __future__ import annotations
