@@ -65,15 +65,17 @@ def test_halo_forward_backward_equals_serial_pad(ctx, shape, width, mode):
 
 @pytest.mark.parametrize("mode", ["zeros", "circular", "reflect"])
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
-def test_fill_halo_on_a_reused_buffer(ctx, shape, mode):
+@pytest.mark.parametrize("bc", [(2, 3), (1, 1)], ids=["strided", "contiguous"])
+def test_fill_halo_on_a_reused_buffer(ctx, shape, mode, bc):
     """A buffer updated again and again, as a solver loop does, gets persistent MPI requests: its ghosts stay
-    right as the interior changes, and a rank that swaps in fresh buffers still pairs with one that reuses its own."""
+    right as the interior changes, and a rank that swaps in fresh buffers still pairs with one that reuses its own.
+    One batch and channel make the first axis's faces contiguous (sent as plain runs), more make them strided."""
     grid = ProcessGrid(ctx, shape)
     widths = ((1, 1),) * len(shape)
-    buf = torch.zeros((2, 3) + padded_shape(grid.local_shape, widths), dtype=torch.float64)
+    buf = torch.zeros(bc + padded_shape(grid.local_shape, widths), dtype=torch.float64)
     inner = (slice(None), slice(None)) + tuple(slice(1, 1 + n) for n in grid.local_shape)
     for step in range(5):
-        x_full = _global(shape, seed=10 + step)
+        x_full = _global(shape, *bc, seed=10 + step)
         target = buf if (ctx.rank % 2 == 0 or step % 2 == 0) else torch.zeros_like(buf)
         target[inner] = GridTensor.from_global(x_full, grid).local
         fill_halo_(target, grid, widths, mode)
