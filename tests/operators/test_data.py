@@ -51,6 +51,34 @@ def test_burgers_small_viscosity_matches_characteristics() -> None:
     assert d["a"].shape == d["u"].shape == (3, 32)
 
 
+def test_burgers_prior_is_the_fno_generators() -> None:
+    """Zero-mean initial conditions whose Fourier modes have variance sigma^2 (4 pi^2 k^2 + tau^2)^-gamma."""
+    d = generate_burgers(4000, n=64, refine=1, T=0.0, progress_bar=False)
+    assert np.abs(d["a"].mean(1)).max() < 1e-12
+    power = (np.abs(np.fft.fft(d["a"], axis=1) / 64) ** 2).mean(0)
+    k = np.arange(1, 6)
+    expected = 49.0**2 * (4 * np.pi**2 * k**2 + 49.0) ** -2.5
+    np.testing.assert_allclose(power[1:6], expected, rtol=0.1)  # 4000 samples: ~3% sampling error per mode
+
+
+def test_burgers_shock_regime_is_resolved() -> None:
+    """Viscosity 1/1000 forms shocks before T = 1; the default solve grid (1024 points) agrees with a 4x finer
+    solve, and a 128-point solve (no refinement) does not."""
+    from deepkrylov.operators.data.burgers import stable_dt
+
+    fine = generate_burgers(2, n=4096, refine=1, seed=7, progress_bar=False)
+    a = fine["a"]
+    assert np.abs(np.diff(fine["u"], axis=1)).max() > 5 * np.abs(np.diff(a, axis=1)).max()  # steepened (8x)
+
+    def at(points: int) -> np.ndarray:
+        u0 = a[:, ::4096 // points]
+        return solve_burgers(u0, 1e-3, 1.0, stable_dt(u0, 1.0))[:, ::points // 128]
+
+    ref = np.linalg.norm(fine["u"][:, ::32])
+    assert np.linalg.norm(at(1024) - fine["u"][:, ::32]) / ref < 1e-5
+    assert np.linalg.norm(at(128) - fine["u"][:, ::32]) / ref > 1e-2
+
+
 def test_diffusion_reaction_linear_case() -> None:
     nx, D = 101, 0.01
     x = np.linspace(0, 1, nx)
