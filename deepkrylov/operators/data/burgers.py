@@ -1,11 +1,13 @@
 """1D viscous Burgers ``u_t + (u^2/2)_x = nu u_xx`` on the periodic unit interval, solved spectrally.
 
 Pseudo-spectral in space (2/3-rule dealiasing), integrating factor for the viscous term and classical RK4 in
-time, float64. By default the data are those of the FNO paper's public Burgers set (``burgers_data_R10``, used
-again by Lu et al. 2022), made by its generation script: a zero-mean periodic GRF initial condition with
-Fourier-mode variance ``sigma^2 (4 pi^2 k^2 + tau^2)^-gamma`` (gamma 2.5, tau 7, sigma 49; a Matérn field with
-nu = gamma - 1/2 without its constant mode), viscosity 1/1000, time 1, solved on a fine grid (the shocks are a
-few thousandths wide) and sampled at ``n`` points.
+time, float64, on a fine grid (at least 1024 points: shocks at small viscosity are a few thousandths wide) sampled
+at ``n`` points. The initial condition is a zero-mean periodic GRF with Fourier-mode variance
+``sigma^2 (4 pi^2 k^2 + tau^2)^-gamma`` (a Matérn field with nu = gamma - 1/2, constant mode dropped, as the FNO
+data script does). Defaults: the FNO paper's Burgers set, also used by Lu et al. 2022 -- ``N(0, 625 (-Delta +
+25 I)^-2)``, i.e. gamma 2, tau 5, sigma 25, viscosity 0.1, T = 1. (Their published errors fit these smooth data:
+32 POD modes leave < 0.01% of a test output, a linear map 8%; at viscosity 1/1000, the value in the public
+script, 32 modes leave 8.9%, far above their POD-DeepONet's 1.94%.)
 Data: ``a (N, n)`` the initial condition, ``u (N, n)`` the solution at time ``T``, ``x (n,)``.
 """
 
@@ -21,7 +23,7 @@ from ._io import save_dataset
 
 __all__ = ["solve_burgers", "generate_burgers", "stable_dt"]
 
-_SOLVE_POINTS = 1024  # default fine grid: at viscosity 1/1000, 7e-7 from a 4096-point solve (rel. L2 at T = 1)
+_SOLVE_POINTS = 1024  # default fine grid (at viscosity 1/1000: 7e-7 from a 4096-point solve, rel. L2 at T = 1)
 
 
 def solve_burgers(u0: np.ndarray, viscosity: float, T: float, dt: float = 1e-4) -> np.ndarray:
@@ -60,8 +62,8 @@ def stable_dt(u0: np.ndarray, T: float) -> float:
     return T / max(1, math.ceil(T / h)) if T > 0 else h
 
 
-def generate_burgers(num_samples: int, n: int = 128, viscosity: float = 1e-3, T: float = 1.0,
-                     dt: Optional[float] = None, gamma: float = 2.5, tau: float = 7.0, sigma: float = 49.0,
+def generate_burgers(num_samples: int, n: int = 128, viscosity: float = 0.1, T: float = 1.0,
+                     dt: Optional[float] = None, gamma: float = 2.0, tau: float = 5.0, sigma: float = 25.0,
                      refine: Optional[int] = None, seed: int = 0, path: Optional[str] = None,
                      progress_bar: bool = True, comm: object = None) -> dict[str, np.ndarray]:
     """Seeded Burgers data set (see the module docstring); under mpiexec the ranks split the samples (every rank
