@@ -78,6 +78,9 @@ def register(sub: Any, train_sub: Any) -> None:
             t.add_argument("--trunk", type=_ints, default=[40, 40])
             t.add_argument("--pod", type=int, default=0, help="POD-DeepONet with this many modes")
             t.add_argument("--activation", default="relu")
+            t.add_argument("--zero-trunk-biases", action="store_true",
+                           help="DeepXDE's init (zero biases) instead of first-layer trunk kinks at the data's "
+                                "coordinates (DeepONet.init_trunk_biases)")
         else:
             t.add_argument("--width", type=int, default={"mgno": 24, "fno": 32}.get(name, 16))
             t.add_argument("--layers", type=int, default=4 if name != "converted-unet" else 3,
@@ -220,6 +223,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
             mean, modes = pod_basis(torch.as_tensor(y, dtype=torch.float32), args.pod)
             model.pod_mean.copy_(mean)
             model.pod_modes.copy_(modes)
+        elif not args.zero_trunk_biases:
+            model.init_trunk_biases(coords, generator=torch.Generator().manual_seed(args.seed))
         cdev = coords
 
         def fwd(m: torch.nn.Module, inputs: tuple) -> torch.Tensor:

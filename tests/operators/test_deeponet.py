@@ -76,3 +76,39 @@ def test_bad_arguments() -> None:
         DeepONet([10, 8], [1, 8], activation="swish2")
     with pytest.raises(ValueError, match="trunk is required"):
         DeepONet([10, 8], None)
+
+
+def test_init_trunk_biases_puts_kinks_at_data_points() -> None:
+    """Zero biases make a ReLU trunk positively homogeneous (trunk(2y) = 2 trunk(y)); after init_trunk_biases each
+    first-layer unit's kink sits at one of the given coordinates, and a short fit of the antiderivative reaches a
+    lower error than with zero biases (same weights, same data, deterministic)."""
+    from torch.utils.data import TensorDataset
+
+    from deepkrylov.operators import Trainer
+    from deepkrylov.operators.data import generate_antiderivative
+
+    torch.manual_seed(0)
+    m = DeepONet([20, 40, 40], [1, 40, 40], "relu", aligned=False)
+    y = torch.rand(50, 1)
+    assert torch.allclose(m.trunk(2 * y), 2 * m.trunk(y))
+    zero_bias = {k: v.clone() for k, v in m.state_dict().items()}
+    m.init_trunk_biases(y, generator=torch.Generator().manual_seed(1))
+    lin = m.trunk.net[0]
+    kinks = -lin.bias / lin.weight[:, 0]
+    assert torch.cdist(kinks[:, None], y).min(1).values.max() < 1e-6
+    assert not torch.allclose(m.trunk(2 * y), 2 * m.trunk(y))
+
+    d = generate_antiderivative(500, m=20, aligned=False, seed=0)
+    ds = TensorDataset(*(torch.as_tensor(d[k], dtype=torch.float32) for k in ("u", "y", "s")))
+    errors = []
+    for state in (zero_bias, {k: v.clone() for k, v in m.state_dict().items()}):
+        m.load_state_dict(state)
+        t = Trainer(m, dict(epochs=1500, batch_size=500, loss="mse", progress=False), forward=lambda n, i: n(i[0], i[1]))
+        t.fit(ds)
+        errors.append(t.evaluate(ds)["mse"])
+    assert errors[1] < 0.75 * errors[0], errors  # 5.1e-5 vs 8.5e-5
+
+    with pytest.raises(ValueError, match="trunk built from widths"):
+        DeepONet([8, 4], None, pod=(torch.zeros(5), torch.zeros(5, 4))).init_trunk_biases(y)
+    with pytest.raises(ValueError, match="features"):
+        m.init_trunk_biases(torch.rand(10, 3))
