@@ -103,7 +103,8 @@ def test_init_trunk_biases_puts_kinks_at_data_points() -> None:
     errors = []
     for state in (zero_bias, {k: v.clone() for k, v in m.state_dict().items()}):
         m.load_state_dict(state)
-        t = Trainer(m, dict(epochs=1500, batch_size=500, loss="mse", progress=False), forward=lambda n, i: n(i[0], i[1]))
+        t = Trainer(m, dict(epochs=1500, batch_size=500, loss="mse", progress=False),
+                    forward=lambda n, i: n(i[0], i[1]))
         t.fit(ds)
         errors.append(t.evaluate(ds)["mse"])
     assert errors[1] < 0.75 * errors[0], errors  # 5.1e-5 vs 8.5e-5
