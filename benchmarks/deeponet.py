@@ -34,7 +34,8 @@ from deepkrylov.operators.data import generate_antiderivative, generate_burgers 
 _CHECK_EVERY = 1000
 
 
-def _fit(model, ds, iterations, forward, lr=1e-3, loss="mse", seed=0, decay=None, best=True):  # type: ignore[no-untyped-def]
+def _fit(model, ds, iterations, forward, lr=1e-3, loss="mse", seed=0, decay=None,  # type: ignore[no-untyped-def]
+         best=True):
     """Full-batch training; ``decay``: (kind, steps, rate), kind ``step``, ``inverse-time`` or ``cosine`` (see
     ``--schedules``), None for a constant rate. ``best``: the paper code's protocol, the training MSE checked
     every 1,000 iterations and the best step restored; otherwise the last iterate. Returns (trainer, seconds)."""
@@ -122,7 +123,8 @@ def _scores(pred, truth, dt, iterations):  # type: ignore[no-untyped-def]
     """Test MSE over all triples and relative L2 of the stacked predictions."""
     pred, truth = np.asarray(pred, dtype=np.float64), np.asarray(truth, dtype=np.float64).reshape(-1)
     return {"test_mse": float(np.mean((pred - truth) ** 2)),
-            "rel_l2": float(np.linalg.norm(pred - truth) / np.linalg.norm(truth)), "s_per_1000_it": 1000 * dt / iterations}
+            "rel_l2": float(np.linalg.norm(pred - truth) / np.linalg.norm(truth)),
+            "s_per_1000_it": 1000 * dt / iterations}
 
 
 def deepxde(u_tr, s_tr, u_te, s_te, y, iterations):  # type: ignore[no-untyped-def]
@@ -141,7 +143,8 @@ def deepxde(u_tr, s_tr, u_te, s_te, y, iterations):  # type: ignore[no-untyped-d
     dt = time.perf_counter() - t0
     pred = model.predict((u_te.astype(np.float32), y.astype(np.float32)))
     rel = np.mean(np.linalg.norm(pred - s_te, axis=1) / np.linalg.norm(s_te, axis=1))
-    return {"test_mse": float(np.mean((pred - s_te) ** 2)), "rel_l2": float(rel), "s_per_1000_it": 1000 * dt / iterations}
+    return {"test_mse": float(np.mean((pred - s_te) ** 2)), "rel_l2": float(rel),
+            "s_per_1000_it": 1000 * dt / iterations}
 
 
 def main() -> None:

@@ -186,7 +186,6 @@ class DeepONet(nn.Module):
             out = self.output_transform(y, out)
         return out
 
-
     @torch.no_grad()
     def init_trunk_biases(self, y: torch.Tensor, generator: Optional[torch.Generator] = None) -> None:
         """Place each first-layer trunk unit's kink (its tanh centre, ...) at a random point of ``y``, the training
@@ -195,8 +194,8 @@ class DeepONet(nn.Module):
         Why: with the usual zero biases a ReLU trunk is positively homogeneous in its input, so on a domain like
         [0, 1] every first-layer unit is linear or dead and the trunk starts as a multiple of ``y``; it must then
         grow every kink through its biases, which Adam does slowly and very unevenly across seeds. In the paper's
-        antiderivative setting this init lowers the 50,000-iteration test MSE several-fold for the bad seeds
-        (see benchmarks/deeponet.py). Needs the trunk built from widths (an :class:`MLP`)."""
+        antiderivative setting the 50,000-iteration test MSE drops from a median 1.5e-6 (0.9-3.1e-6) over five
+        seeds to 3.6e-7 (2.8-6.0e-7) (benchmarks/deeponet.py). Needs the trunk built from widths (an :class:`MLP`)."""
         if not isinstance(self.trunk, MLP):
             raise ValueError("init_trunk_biases needs the trunk built from widths (an MLP), but the model has "
                              f"{type(self.trunk).__name__ if self.trunk is not None else 'a POD basis'}")

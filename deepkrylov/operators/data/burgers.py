@@ -83,9 +83,9 @@ def generate_burgers(num_samples: int, n: int = 128, viscosity: float = 0.1, T: 
     # std that puts sigma^2 (4 pi^2 k^2 + tau^2)^-gamma in every mode, then drop the constant mode (the mean)
     k = np.fft.fftfreq(fine, 1.0 / fine)
     point_std = sigma * float(np.sqrt(np.sum((4 * np.pi**2 * k**2 + tau**2) ** -gamma)))
-    nu = gamma - 0.5
-    a = gaussian_random_field(StructuredGrid((fine,)), kernel="matern", length=float(np.sqrt(2 * nu)) / tau, nu=nu,
-                              sigma=point_std, batch=num_samples, seed=seed, periodic=True).numpy()
+    smoothness = gamma - 0.5  # Matérn nu
+    a = gaussian_random_field(StructuredGrid((fine,)), kernel="matern", length=float(np.sqrt(2 * smoothness)) / tau,
+                              nu=smoothness, sigma=point_std, batch=num_samples, seed=seed, periodic=True).numpy()
     a -= a.mean(axis=1, keepdims=True)
     step = stable_dt(a, T) if dt is None else float(dt)
     comm, rank, size = rank_size(comm)
