@@ -1,8 +1,9 @@
 """Run under mpiexec: DDP Trainer steps (float64) and a rank-split Burgers generation; rank 0 writes the
 parameters, the evaluation metrics and the data to the .npz path given as argv[1].
 
-Steps: 9 samples, global batch 4, 2 epochs, Adam: global batches 4, 4, 1 per epoch, so the ranks get uneven
-shares and, in the last batch, one rank gets none (it must still take part with zero weight)."""
+Steps: 9 samples, global batch 4, 2 epochs, Adam: global batches 4, 4, 1 per epoch, so on 2 ranks the shares are
+uneven and, in the last batch, one rank gets none (on 4 ranks, three); such a rank must still take part with zero
+weight."""
 
 from __future__ import annotations
 

@@ -59,6 +59,10 @@ def test_burgers_prior_is_the_fno_generators() -> None:
     k = np.arange(1, 6)
     expected = 625.0 * (4 * np.pi**2 * k**2 + 25.0) ** -2.0  # N(0, 625 (-Delta + 25 I)^-2)
     np.testing.assert_allclose(power[1:6], expected, rtol=0.1)  # 4000 samples: ~3% sampling error per mode
+    with pytest.raises(ValueError, match="gamma > 1/2"):
+        generate_burgers(2, gamma=0.5, progress_bar=False)
+    with pytest.raises(ValueError, match="refine must be"):
+        generate_burgers(2, refine=0, progress_bar=False)
 
 
 def test_burgers_shock_regime_is_resolved() -> None:

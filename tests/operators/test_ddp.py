@@ -1,4 +1,4 @@
-"""DDP under mpiexec -n 2: Trainer steps equal the serial steps with the same global batches (float64), including
+"""DDP under mpiexec -n 2 and -n 4: Trainer steps equal the serial steps with the same global batches (float64), including
 uneven and empty rank shares; evaluation counts each sample once; data generation split over ranks equals the
 serial generation; the CLI under mpiexec trains once (rank 0 writes) and matches the serial CLI run."""
 
@@ -13,14 +13,15 @@ from deepkrylov.operators.data import generate_burgers
 
 
 @pytest.mark.mpi
-def test_ddp_step_matches_serial(tmp_path) -> None:
+@pytest.mark.parametrize("ranks", [2, 4])
+def test_ddp_step_matches_serial(tmp_path, ranks: int) -> None:
     if not mpiexec_available():
         pytest.skip("mpiexec or mpi4py is not installed")
     out = tmp_path / "ddp.npz"
-    res = run_mpi(2, ["-m", "tests.operators._ddp_step", str(out)], timeout=300)
+    res = run_mpi(ranks, ["-m", "tests.operators._ddp_step", str(out)], timeout=300)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     got = np.load(out)
-    assert int(got["size"]) == 2
+    assert int(got["size"]) == ranks
     serial, rec = steps()
     _, init_model = problem()
     moved = False
