@@ -68,9 +68,14 @@ def ours(u_tr, s_tr, u_te, s_te, y, branch, trunk, iterations, pod=None, loss="m
     _, dt = _fit(model, ds, iterations, lambda m, inp: m(inp[0], yt), lr=lr, loss=loss, decay=decay, best=best)
     with torch.no_grad():
         pred = model(torch.as_tensor(u_te, dtype=torch.float32), yt)
-    st = torch.as_tensor(s_te, dtype=torch.float32)
-    return {"test_mse": float(((pred - st) ** 2).mean()), "rel_l2": float(LpLoss(2)(pred, st)),
-            "s_per_1000_it": 1000 * dt / iterations}
+    return _aligned_scores(pred, s_te, dt, iterations)
+
+
+def _aligned_scores(pred, truth, seconds, iterations):  # type: ignore[no-untyped-def]
+    """Test MSE and mean per-function relative L2 (LpLoss) of (functions, points) predictions, in float64."""
+    pred, truth = (torch.as_tensor(a).double() for a in (pred, truth))
+    return {"test_mse": float(((pred - truth) ** 2).mean()), "rel_l2": float(LpLoss(2)(pred, truth)),
+            "s_per_1000_it": 1000 * seconds / iterations}
 
 
 def ours_triples(tr, te, iterations, seed=0, decay=None, lr=1e-3, trunk_init=False):  # type: ignore[no-untyped-def]
@@ -142,9 +147,7 @@ def deepxde(u_tr, s_tr, u_te, s_te, y, iterations):  # type: ignore[no-untyped-d
     model.train(iterations=iterations, display_every=max(iterations, 1), verbose=0)
     dt = time.perf_counter() - t0
     pred = model.predict((u_te.astype(np.float32), y.astype(np.float32)))
-    rel = np.mean(np.linalg.norm(pred - s_te, axis=1) / np.linalg.norm(s_te, axis=1))
-    return {"test_mse": float(np.mean((pred - s_te) ** 2)), "rel_l2": float(rel),
-            "s_per_1000_it": 1000 * dt / iterations}
+    return _aligned_scores(pred, s_te, dt, iterations)
 
 
 def main() -> None:
@@ -172,7 +175,8 @@ def main() -> None:
                     default=["triples", "aligned", "burgers"], help="which comparisons to run")
     ap.add_argument("--out", default="benchmarks/results/deeponet.json")
     ap.add_argument("--merge", action="store_true",
-                    help="keep the rows of --out that this run does not replace (same problem, model, schedule)")
+                    help="keep the rows of --out that this run does not replace (same problem, model, schedule); "
+                         "a row of other seeds (--first-seed) is pooled with this run's")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     rows = []
@@ -213,11 +217,17 @@ def triples(a: argparse.Namespace) -> list[dict]:  # type: ignore[type-arg]
                 continue
             per_seed = [{"seed": k, **run(tr, te, a.iterations, seed=k, decay=decay, lr=a.lr)}
                         for k in range(a.first_seed, a.first_seed + a.seeds)]
-            med = {key: float(np.median([r[key] for r in per_seed])) for key in per_seed[0] if key != "seed"}
-            rows.append({"problem": "antiderivative (paper: 10k triples)", "model": name, "schedule": label, **med,
-                         "seeds": a.seeds, "per_seed": per_seed})
+            rows.append({"problem": "antiderivative (paper: 10k triples)", "model": name, "schedule": label,
+                         **_medians(per_seed)})
             print(rows[-1], flush=True)
     return rows
+
+
+def _medians(per_seed: list[dict]) -> dict:  # type: ignore[type-arg]
+    """A row's figures: the median of each per-seed figure, with the seeds kept (sorted by seed)."""
+    per_seed = sorted(per_seed, key=lambda r: r["seed"])
+    med = {key: float(np.median([r[key] for r in per_seed])) for key in per_seed[0] if key != "seed"}
+    return {**med, "seeds": len(per_seed), "per_seed": per_seed}
 
 
 def aligned(a: argparse.Namespace) -> list[dict]:  # type: ignore[type-arg]
@@ -248,10 +258,7 @@ def burgers(iterations: int) -> list[dict]:  # type: ignore[type-arg]
     args = (ub[:1000], sb[:1000], ub[1000:], sb[1000:], xb)
     lin = np.linalg.lstsq(np.c_[ub[:1000], np.ones(1000)], sb[:1000], rcond=None)[0]
     pred = np.c_[ub[1000:], np.ones(200)] @ lin
-    truth = sb[1000:]
-    rows.append({"problem": "burgers", "model": "linear map (least squares)", "s_per_1000_it": 0.0,
-                 "test_mse": float(np.mean((pred - truth) ** 2)),
-                 "rel_l2": float(LpLoss(2)(torch.as_tensor(pred), torch.as_tensor(truth)))})
+    rows.append({"problem": "burgers", "model": "linear map (least squares)", **_aligned_scores(pred, sb[1000:], 0, 1)})
     r = ours(*args, [128, 128, 128, 128, 128], [4, 128, 128, 128], iterations, activation="tanh",
              decay=("inverse-time", max(1, iterations // 5), 0.5), features=lambda y: periodic_features(y, harmonics=2),
              standardize=True)
@@ -276,11 +283,15 @@ def _report(a: argparse.Namespace, rows: list[dict]) -> None:  # type: ignore[ty
         with open(a.out) as f:
             old = json.load(f)
         key = lambda r: (r["problem"], r["model"], r.get("schedule"))  # noqa: E731
-        new = {key(r) for r in rows}
+        new = {key(r): r for r in rows}
         for r in old["rows"]:
-            if key(r) not in new:
-                r.setdefault("iterations", old.get("iterations"))
+            r.setdefault("iterations", old.get("iterations"))
+            mine = new.get(key(r))
+            if mine is None:
                 rows = rows + [r]
+            elif "per_seed" in r and "per_seed" in mine and r["iterations"] == a.iterations and not (
+                    {x["seed"] for x in r["per_seed"]} & {x["seed"] for x in mine["per_seed"]}):
+                mine.update(_medians(r["per_seed"] + mine["per_seed"]))  # other seeds of the same run: pooled
     for r in rows:
         r.setdefault("iterations", bi if r["problem"] == "burgers" else a.iterations)
     with open(a.out, "w") as f:
