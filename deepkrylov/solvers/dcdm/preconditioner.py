@@ -1,0 +1,64 @@
+"""A network as a preconditioner: ``z = f(r / ||r||)``, the one implementation of "normalise, cast, call, cast
+back" that the Python :func:`~deepkrylov.solvers.dcdm.dcdm` loop and the PETSc plugins (``DCDM``, ``DCDMPC``)
+share."""
+
+from __future__ import annotations
+
+from typing import Any, Optional, Union
+
+import torch
+
+from deepkrylov.distributed import GridTensor
+
+from .. import _vec as V
+from ..preconditioners import Preconditioner
+
+__all__ = ["NetworkPreconditioner"]
+
+Field = Union[torch.Tensor, GridTensor]
+
+
+class NetworkPreconditioner(Preconditioner):
+    """``z = model(r / ||r||)``, run in the network's dtype and returned in ``r``'s.
+
+    The DCDM network is nonlinear and was trained on unit-norm residuals, so the input is normalised (a zero
+    residual goes in unscaled); the caller's line search makes the scale of ``z`` irrelevant. The network runs
+    without autograd. Not symmetric and not linear: use it in :func:`~deepkrylov.solvers.dcdm.dcdm` or
+    :func:`~deepkrylov.solvers.fcg`, not in plain CG.
+
+    Args:
+        model: the network (any ``nn.Module`` or callable on tensors / GridTensors ``(batch, 1, *spatial)``).
+        dtype: the dtype the network runs in; default: the dtype of its parameters (else ``r``'s).
+    """
+
+    is_symmetric = False
+    is_positive_definite = None
+
+    def __init__(self, model: Any, *, dtype: Optional[torch.dtype] = None) -> None:
+        if not callable(model):
+            raise TypeError(f"model must be an nn.Module or a callable, but got {type(model).__name__}")
+        if dtype is not None and not isinstance(dtype, torch.dtype):
+            raise TypeError(f"dtype must be a torch.dtype or None, but got {dtype!r}")
+        if dtype is None and isinstance(model, torch.nn.Module):
+            p = next(model.parameters(), None)
+            dtype = p.dtype if p is not None else None
+        self.model = model
+        self.dtype = dtype
+
+    @property
+    def dim(self) -> Optional[int]:
+        """The number of spatial axes the network takes (its ``dim`` attribute), or None when it does not say."""
+        d = getattr(self.model, "dim", None)
+        return int(d) if isinstance(d, int) else None
+
+    def apply(self, r: Field) -> Field:
+        with torch.no_grad():
+            n = V.norm(r)
+            rin = r / n if float(n) > 0 else r
+            if self.dtype is not None and self.dtype != r.dtype:
+                return self.model(rin.to(self.dtype)).to(r.dtype)
+            return self.model(rin)
+
+    def __repr__(self) -> str:
+        name = type(self.model).__name__
+        return f"NetworkPreconditioner({name}{', dtype=' + str(self.dtype) if self.dtype is not None else ''})"
