@@ -21,7 +21,9 @@ from typing import Optional
 import torch
 
 _SOURCE = Path(__file__).with_name("_stencil7.c")
-_FLAGS = ["-O3", "-march=native", "-fopenmp", "-fPIC", "-shared", "-std=c99", "-fno-math-errno"]
+# -ffp-contract=off: no fused multiply-adds (GCC's default under -std=c99, not clang's), so that the compact and the
+# general forms of a constant-coefficient operator give the same bits
+_FLAGS = ["-O3", "-march=native", "-fopenmp", "-fPIC", "-shared", "-std=c99", "-fno-math-errno", "-ffp-contract=off"]
 
 
 def _cpu_key() -> str:
@@ -71,6 +73,10 @@ def stencil_library() -> Optional[ctypes.CDLL]:
         fn = getattr(so, name)
         fn.restype = None
         fn.argtypes = [p, p, i64, i64, i64, i64] + [p] * 6 + [dbl] * 4 + [p] * 7 + [p, ctypes.c_int, ctypes.c_int]
+    for name in ("stencil7c_f64", "stencil7c_f32"):
+        fn = getattr(so, name)
+        fn.restype = None
+        fn.argtypes = [p, p, i64, i64, i64, i64] + [p] * 6 + [dbl] * 3 + [p, p, ctypes.c_int, ctypes.c_int]
     return so
 
 
@@ -106,3 +112,16 @@ def stencil7(x: torch.Tensor, out: torch.Tensor, faces: list, uniform: Optional[
     fn(x.data_ptr(), out.data_ptr(), B, n0, n1, n2, *(_ptr(f) for f in faces), c, t0, t1, t2,
        *(_ptr(w) for w in coef), zero.data_ptr(), torch.get_num_threads(),
        int(out.numel() * out.element_size() > _llc_bytes()))  # stream stores only where y cannot stay cached
+
+
+def stencil7_compact(x: torch.Tensor, out: torch.Tensor, faces: list, t: tuple, code: torch.Tensor,
+                     zero: torch.Tensor) -> None:
+    """``out = A x`` for a constant-coefficient operator in compact form (see ``_stencil7.c``): ``t`` the face
+    weights (t0, t1, t2), ``code`` the (n0, n1, n2) int16 cell codes (read as uint16); the rest as :func:`stencil7`."""
+    so = stencil_library()
+    assert so is not None
+    fn = so.stencil7c_f64 if x.dtype == torch.float64 else so.stencil7c_f32
+    B, n0, n1, n2 = x.shape
+    assert code.dtype == torch.int16 and code.is_contiguous() and tuple(code.shape) == (n0, n1, n2)
+    fn(x.data_ptr(), out.data_ptr(), B, n0, n1, n2, *(_ptr(f) for f in faces), *(float(v) for v in t),
+       code.data_ptr(), zero.data_ptr(), torch.get_num_threads(), int(out.numel() * out.element_size() > _llc_bytes()))

@@ -18,6 +18,16 @@ With ``scaled=False`` spacings are taken as 1, which gives the integer pressure 
 The matrix-free :meth:`~DiffusionOperator.apply` (tensor or GridTensor, with one halo exchange) and
 :meth:`~DiffusionOperator.to_scipy` (CSR in C order, x fastest: PETSc DMDA's natural ordering) use the same
 coefficient arrays, so they give the same numbers.
+
+On CPU the compiled pass takes one of three forms (:attr:`DiffusionOperator.form`):
+
+- ``"uniform"``: constant ``k``, every cell fluid, every axis periodic or none: scalar weights, nothing per cell;
+- ``"compact"``: constant ``k``, any mask and any mix of faces: one 2-byte code per cell (which of the six
+  neighbours are unknowns, and the diagonal in units of the axis weights ``t_a``), so the pass moves 18 bytes per
+  cell (float64) instead of the general form's 72. The diagonal is ``(m0 t0 + m1 t1) + m2 t2`` with ``m_a`` the
+  number of fluid or empty neighbours along axis ``a`` plus 2 per Dirichlet face, so ``diagonal()``, ``to_scipy``
+  and the general form give the same bits;
+- ``"general"``: variable ``k``: the diagonal and six face-weight arrays, read per cell.
 """
 
 from __future__ import annotations
@@ -52,6 +62,10 @@ class DiffusionOperator(LinearOperator):
         mask: cell kinds (FLUID/SOLID/EMPTY), a tensor of the grid's shape; default all fluid.
         scaled: divide by the squared spacing (True) or take spacings as 1 (False).
         dtype, device: of the coefficients and of ``apply``'s arithmetic.
+
+    Attributes:
+        form: the compiled pass's form, ``"uniform"``, ``"compact"`` (constant ``k``: a 2-byte code per cell) or
+            ``"general"`` (variable ``k``: seven coefficient arrays); see the module's docstring.
     """
 
     is_symmetric = True
@@ -86,7 +100,17 @@ class DiffusionOperator(LinearOperator):
             raise ValueError("the mask leaves no unknowns: no cell is FLUID")
         self.mask, self.fluid = mask, fluid
         self.coefficient = k
-        diag, weights = self._assemble(k, fluid, mask == EMPTY)
+        diag, weights, links, mult = self._assemble(k, fluid, mask == EMPTY)
+        constant = bool((k == k.flatten()[0]).all())
+        self.form = "general"
+        self._code: Optional[torch.Tensor] = None
+        if constant:  # compact form: the row of every cell from a 16-bit code and the scalar weights t_a
+            k0 = float(k.flatten()[0])
+            t = [2 * k0 * k0 / (k0 + k0) / (grid.spacing[a] ** 2 if scaled else 1.0) for a in range(grid.ndim)]
+            if all(bool((w[link] == t[a]).all()) for a in range(grid.ndim) for w, link in zip(weights[a], links[a])):
+                diag, self._code = self._compact(t, fluid, links, mult)
+                self._t = t
+                self.form = "compact"
         self._diag = diag.to(dtype=dtype, device=self.device)
         self._weights = [(lo.to(dtype=dtype, device=self.device), hi.to(dtype=dtype, device=self.device)) for lo, hi in weights]
         rowsum = (diag - sum(lo + hi for lo, hi in weights))[fluid]
@@ -108,17 +132,18 @@ class DiffusionOperator(LinearOperator):
                     if kind != "periodic" and grid.shape[a] > 0:
                         corr.append((a, side, t[a] if kind == "dirichlet" else -t[a]))
             self._uniform = (t, 2.0 * sum(t), corr)
+            self.form, self._code = "uniform", None
 
     # ---- assembly of the coefficient arrays (global, float64) -----------------------------------------------
     def _assemble(self, k: torch.Tensor, fluid: torch.Tensor, empty: torch.Tensor):  # type: ignore[no-untyped-def]
         grid, bc = self.grid, self.bc
         diag = torch.zeros(grid.shape, dtype=torch.float64)
-        weights = []
+        weights, links, mult = [], [], []  # links: the neighbour is an unknown; mult: the diagonal in units of t
         for a in range(grid.ndim):
             h2 = grid.spacing[a] ** 2 if self.scaled else 1.0
             n = grid.shape[a]
             idx = torch.arange(n).view([-1 if b == a else 1 for b in range(grid.ndim)]).expand(grid.shape)
-            pair = []
+            pair, link, m = [], [], torch.zeros(grid.shape, dtype=torch.int32)
             for side, step in (("lo", 1), ("hi", -1)):  # roll by +1: the lower neighbour; by -1: the upper
                 k_nb = torch.roll(k, step, a)
                 t = 2 * k * k_nb / (k + k_nb) / h2
@@ -131,23 +156,55 @@ class DiffusionOperator(LinearOperator):
                 w = torch.where(fluid & nb_fluid, t, torch.zeros_like(t))
                 diag += w
                 diag += torch.where(fluid & nb_empty, t, torch.zeros_like(t))
+                m += (fluid & (nb_fluid | nb_empty)).to(torch.int32)
                 if kind == "dirichlet":
                     diag += torch.where(fluid & at_edge, 2 * k / h2, torch.zeros_like(t))
+                    m += 2 * (fluid & at_edge).to(torch.int32)
                 pair.append(w)
+                link.append(fluid & nb_fluid)
             weights.append((pair[0], pair[1]))
+            links.append((link[0], link[1]))
+            mult.append(m)
         diag = torch.where(fluid, diag, torch.ones_like(diag))
-        return diag, weights
+        return diag, weights, links, mult
+
+    def _compact(self, t: list, fluid: torch.Tensor, links: list, mult: list) -> tuple[torch.Tensor, torch.Tensor]:
+        """The compact form's diagonal (float64, the kernel's arithmetic) and cell codes (int16, read as uint16 by
+        ``_stencil7.c``): bit 2b + side: the neighbour on that side of kernel axis b is an unknown; bits 6 + 3b: the
+        multiplicity m_b (0..4) of t_b in the diagonal; bit 15: not fluid (identity row). Axes are numbered as the
+        kernel sees them: a 1D/2D grid is embedded in 3D with leading axes of size 1, weight 0, multiplicity 0."""
+        nd, off = self.grid.ndim, 3 - self.grid.ndim
+        code = torch.zeros(self.grid.shape, dtype=torch.int32)
+        ts, ms = [0.0] * off + list(t), [None] * off + list(mult)
+        diag = torch.zeros(self.grid.shape, dtype=torch.float64)
+        for b in range(3):
+            if ms[b] is not None:  # m * t in float64, summed in the kernel's order: (m0 t0 + m1 t1) + m2 t2
+                diag = diag + ms[b].to(torch.float64) * ts[b]
+        for a in range(nd):
+            b = a + off
+            code += links[a][0].to(torch.int32) << (2 * b)
+            code += links[a][1].to(torch.int32) << (2 * b + 1)
+            code += mult[a] << (6 + 3 * b)
+        code -= (~fluid).to(torch.int32) << 15  # bit 15 of the uint16, stored as int16
+        diag = torch.where(fluid, diag, torch.ones_like(diag))
+        return diag, code.to(torch.int16)
 
     # ---- matrix-free application ----------------------------------------------------------------------------
     def _mode(self) -> str:
         return "circular" if self.bc.any_periodic else "zeros"
 
-    def _coefficients_for(self, x: Field) -> tuple[torch.Tensor, list]:
+    def _check(self, x: Field) -> None:
         if isinstance(x, GridTensor):
             if x.grid.global_shape != self.grid.shape:
                 raise ValueError(
                     f"the field lives on a grid of shape {x.grid.global_shape}, but the operator on {self.grid.shape}"
                 )
+        elif tuple(x.shape[-self.grid.ndim:]) != self.grid.shape or x.dim() < self.grid.ndim:
+            raise ValueError(f"field of shape {tuple(x.shape)} does not end with the grid's shape {self.grid.shape}")
+
+    def _coefficients_for(self, x: Field) -> tuple[torch.Tensor, list]:
+        self._check(x)
+        if isinstance(x, GridTensor):
             key = (x.grid, x.dtype, x.device)
             if key not in self._local:
                 sl = x.grid.local_slices
@@ -157,8 +214,6 @@ class DiffusionOperator(LinearOperator):
                      for lo, hi in self._weights],
                 )
             return self._local[key]
-        if tuple(x.shape[-self.grid.ndim:]) != self.grid.shape or x.dim() < self.grid.ndim:
-            raise ValueError(f"field of shape {tuple(x.shape)} does not end with the grid's shape {self.grid.shape}")
         key = ("whole", x.dtype, x.device)
         if key not in self._local:
             self._local[key] = (
@@ -178,10 +233,11 @@ class DiffusionOperator(LinearOperator):
         """``A x`` matrix-free. On CPU without autograd: one face exchange (GridTensor) and one compiled pass
         that reads ``x`` once and writes the result once; otherwise one halo exchange (or padding) and shifted
         slices (differentiable, any device)."""
-        diag, weights = self._coefficients_for(x)
+        self._check(x)
         local = x.local if isinstance(x, GridTensor) else x
         if self._compiled_ok(local):
-            return self._apply_compiled(x, local, diag, weights, None)
+            return self._apply_compiled(x, local, None)
+        diag, weights = self._coefficients_for(x)  # the compact form too: its arrays hold the same numbers
         nd = self.grid.ndim
         if isinstance(x, GridTensor):
             p, local = x.halo(1, self._mode()), x.local
@@ -236,12 +292,12 @@ class DiffusionOperator(LinearOperator):
     def apply_into(self, x: Field, out: Field) -> Field:
         """``out = A x`` without allocating (like PETSc's ``MatMult(A, x, y)``); ``out`` must not alias ``x``.
         Krylov loops use it to reuse one buffer: a fresh result costs page faults comparable to the apply."""
-        diag, weights = self._coefficients_for(x)
+        self._check(x)
         local = x.local if isinstance(x, GridTensor) else x
         dest = out.local if isinstance(out, GridTensor) else out
         if (self._compiled_ok(local) and dest.shape == local.shape and dest.dtype == local.dtype
                 and dest.device == local.device and dest.is_contiguous() and dest.data_ptr() != local.data_ptr()):
-            self._apply_compiled(x, local, diag, weights, dest)
+            self._apply_compiled(x, local, dest)
             return out
         dest.copy_(self.apply(x).local if isinstance(x, GridTensor) else self.apply(x))
         return out
@@ -251,8 +307,7 @@ class DiffusionOperator(LinearOperator):
         return (local.device.type == "cpu" and local.dtype in (torch.float32, torch.float64)
                 and not (torch.is_grad_enabled() and local.requires_grad) and _kernels.stencil_library() is not None)
 
-    def _apply_compiled(self, x: Field, local: torch.Tensor, diag: torch.Tensor, weights: list,
-                        y: Optional[torch.Tensor]) -> Field:
+    def _apply_compiled(self, x: Field, local: torch.Tensor, y: Optional[torch.Tensor]) -> Field:
         nd = self.grid.ndim
         spatial = tuple(local.shape[local.dim() - nd:])
         k3 = (1,) * (3 - nd) + spatial
@@ -268,7 +323,15 @@ class DiffusionOperator(LinearOperator):
             ts = [0.0] * (3 - nd) + list(t)
             _kernels.stencil7(x4, y.view(x4.shape), faces, (c, *ts), None, self._local[zkey])
             self._boundary_correction(x, y, local, corr)
+        elif self.form == "compact":
+            ckey = ("code", x.grid if isinstance(x, GridTensor) else "whole")
+            if ckey not in self._local:
+                code = self._code[x.grid.local_slices] if isinstance(x, GridTensor) else self._code
+                self._local[ckey] = code.reshape(k3).contiguous()
+            ts = [0.0] * (3 - nd) + list(self._t)
+            _kernels.stencil7_compact(x4, y.view(x4.shape), faces, ts, self._local[ckey], self._local[zkey])
         else:
+            diag, weights = self._coefficients_for(x)
             ckey = ("kernel", id(diag))
             if ckey not in self._local:
                 coefs = [diag.reshape(k3).contiguous()]

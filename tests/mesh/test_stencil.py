@@ -199,3 +199,73 @@ def test_compiled_stencil_with_streaming_stores(monkeypatch, variable, dtype):
     ref = A.apply(x.clone().requires_grad_()).detach()
     tol = 1e-13 if dtype == torch.float64 else 1e-5
     torch.testing.assert_close(out, ref, rtol=tol, atol=tol * float(ref.abs().max()))
+
+
+def _three_kinds(shape, seed):
+    mask = torch.full(shape, FLUID, dtype=torch.uint8)
+    r = _rand(shape, seed)
+    mask[r > 0.8] = SOLID
+    mask[r < 0.15] = EMPTY
+    return mask
+
+
+COMPACT_CASES = {  # long x rows: the vector body (8 or 16 lanes), its remainder and the row ends all run
+    2: ((9, 53), [("periodic", "periodic"), ("dirichlet", "neumann")]),
+    3: ((5, 6, 45), [("dirichlet", "neumann"), ("periodic", "periodic"), ("neumann", "dirichlet")]),
+}
+
+
+def test_form_selection():
+    grid = StructuredGrid((6, 5, 7))
+    mixed = BoundaryConditions([("periodic", "periodic"), "dirichlet", "neumann"])
+    assert laplacian(grid).form == "uniform"
+    assert laplacian(grid, mask=_three_kinds(grid.shape, 1)).form == "compact"
+    assert DiffusionOperator(grid, mixed, 2.5).form == "compact"  # one axis periodic: not the uniform pass
+    assert DiffusionOperator(grid, coefficient=0.5 + _rand(grid.shape, 2)).form == "general"
+
+
+@pytest.mark.parametrize("scaled", [True, False], ids=["scaled", "unscaled"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
+@pytest.mark.parametrize("dim", [2, 3])
+def test_compact_form_equals_csr(monkeypatch, dim, dtype, scaled):
+    """Constant k, a mask with fluid, solid and empty cells, Dirichlet, Neumann and periodic faces: the compact pass
+    is the one taken, equals the CSR matrix, gives the same bits as the general pass on the same operator, and is the
+    identity on non-fluid cells; batch 3, into a fresh result and into a buffer with streaming stores."""
+    from deepkrylov.mesh import _kernels
+
+    shape, faces = COMPACT_CASES[dim]
+    grid = StructuredGrid(shape, extent=[0.7 + 0.3 * a for a in range(dim)])
+    mask = _three_kinds(shape, 11)
+    A = DiffusionOperator(grid, BoundaryConditions(faces), 1.7, mask, scaled=scaled, dtype=dtype)
+    assert A.form == "compact"
+    x = torch.randn((3, 1) + shape, generator=torch.Generator().manual_seed(4), dtype=dtype)
+    ref = (A.to_scipy() @ x.double().reshape(3, -1).numpy().T).T.reshape(x.shape)
+    y = A.apply(x)
+    tol = 1e-14 if dtype == torch.float64 else 1e-6
+    np.testing.assert_allclose(y.double().numpy(), ref, rtol=0, atol=tol * np.abs(ref).max())
+    eager = A.apply(x.clone().requires_grad_()).detach()
+    torch.testing.assert_close(y, eager, rtol=tol, atol=tol * float(eager.abs().max()))
+    solid = (mask != FLUID).expand_as(x)
+    assert torch.equal(y[solid], x[solid])
+    if _kernels.stencil_library() is not None:
+        monkeypatch.setattr(A, "form", "general")  # the seven-array pass on the same numbers
+        assert torch.equal(A.apply(x), y)
+        monkeypatch.setattr(A, "form", "compact")
+        monkeypatch.setattr(_kernels, "_llc_bytes", lambda: 0)  # non-temporal stores
+        out = torch.full_like(x, float("nan"))
+        A.apply_into(x, out)
+        assert torch.equal(out, y)
+
+
+@pytest.mark.parametrize("dim", [2, 3])
+def test_compact_form_distributed_equals_serial(ctx, dim):
+    """Blocks with received faces (and a periodic axis wrapped by the ranks), batch 2: the same bits as serial."""
+    shape, faces = COMPACT_CASES[dim]
+    A = DiffusionOperator(StructuredGrid(shape), BoundaryConditions(faces), None, _three_kinds(shape, 12))
+    assert A.form == "compact"
+    x = torch.randn((2, 1) + shape, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+    gt = GridTensor.from_global(x, ProcessGrid(ctx, shape))
+    torch.testing.assert_close(A.apply(gt).gather(), A.apply(x), rtol=0, atol=0)
+    out = gt.clone()
+    A.apply_into(gt, out)
+    torch.testing.assert_close(out.gather(), A.apply(x), rtol=0, atol=0)
