@@ -83,7 +83,7 @@ def train_learned_multigrid(
         opt.step()
         if step % log_every == 0 or step == steps:
             v = validate()
-            history.append({"step": step, "train_loss": float(loss), "validation_loss": v,
+            history.append({"step": step, "train_loss": float(loss.detach()), "validation_loss": v,
                             "seconds": time.perf_counter() - t0})
             if v < best:
                 best, best_state = v, {k: t.clone() for k, t in net.state_dict().items()}

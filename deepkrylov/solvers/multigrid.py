@@ -25,6 +25,7 @@ import numpy as np
 import scipy.sparse as sp
 import scipy.sparse.linalg as spla
 import torch
+import torch.nn.functional as F
 
 from deepkrylov.distributed import GridTensor, ProcessGrid
 from deepkrylov.mesh import EMPTY, FLUID, SOLID, DiffusionOperator, StructuredGrid
@@ -70,17 +71,14 @@ def coarsen_operator(A: DiffusionOperator) -> DiffusionOperator:
 
 # ---- transfers ------------------------------------------------------------------------------------------------
 def _interpolate(p: torch.Tensor, nd: int) -> torch.Tensor:
-    """Cell-centred trilinear interpolation of a block padded by one cell on each of its last ``nd`` axes:
-    fine cell ``2i`` gets ``3/4 c[i] + 1/4 c[i-1]``, ``2i+1`` gets ``3/4 c[i] + 1/4 c[i+1]``, per axis."""
-    lead = p.dim() - nd
-    for a in range(nd):
-        ax = lead + a
-        n = p.shape[ax] - 2
-        mid = p.narrow(ax, 1, n)
-        even = torch.add(mid, p.narrow(ax, 0, n), alpha=1 / 3).mul_(0.75)
-        odd = torch.add(mid, p.narrow(ax, 2, n), alpha=1 / 3).mul_(0.75)
-        p = torch.stack((even, odd), dim=ax + 1).flatten(ax, ax + 1)  # later axes stay padded until their turn
-    return p
+    """Cell-centred (bi/tri)linear interpolation of a block padded by one cell on each of its last ``nd`` axes:
+    fine cell ``2i`` gets ``3/4 c[i] + 1/4 c[i-1]``, ``2i+1`` gets ``3/4 c[i] + 1/4 c[i+1]``, per axis (torch's
+    ``interpolate`` with ``align_corners=False``, cropped to the interior)."""
+    lead = p.shape[:p.dim() - nd]
+    q = p.reshape((-1, 1) + tuple(p.shape[p.dim() - nd:]))
+    q = F.interpolate(q, scale_factor=2, mode=("linear", "bilinear", "trilinear")[nd - 1], align_corners=False)
+    q = q[(slice(None), slice(None)) + (slice(2, -2),) * nd]
+    return q.reshape(lead + tuple(q.shape[2:]))
 
 
 def _full_weighting(q: torch.Tensor, nd: int) -> torch.Tensor:
