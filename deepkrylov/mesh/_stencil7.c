@@ -212,6 +212,68 @@ static inline int64_t compact_vec_f32(const float *restrict xc, const float *res
     }
     return k;
 }
+#elif defined(__AVX2__)
+/* AVX2: as above with compare-generated lane masks: acc - (mask & t x) subtracts +0 where there is no link. */
+static inline __m256d compact_diag4(__m128i c16, __m256d t0, __m256d t1, __m256d t2)
+{
+    const __m128i c = _mm_cvtepu16_epi32(c16), seven = _mm_set1_epi32(7);
+    __m256d d = _mm256_add_pd(_mm256_mul_pd(_mm256_cvtepi32_pd(_mm_and_si128(_mm_srli_epi32(c, 6), seven)), t0),
+                              _mm256_mul_pd(_mm256_cvtepi32_pd(_mm_and_si128(_mm_srli_epi32(c, 9), seven)), t1));
+    d = _mm256_add_pd(d, _mm256_mul_pd(_mm256_cvtepi32_pd(_mm_and_si128(_mm_srli_epi32(c, 12), seven)), t2));
+    const __m256i c64 = _mm256_cvtepu16_epi64(c16), b15 = _mm256_set1_epi64x(0x8000);
+    return _mm256_blendv_pd(d, _mm256_set1_pd(1.0), _mm256_castsi256_pd(_mm256_cmpeq_epi64(_mm256_and_si256(c64, b15), b15)));
+}
+
+static inline int64_t compact_vec_f64(const double *restrict xc, const double *restrict xim,
+                                      const double *restrict xip, const double *restrict xjm,
+                                      const double *restrict xjp, const uint16_t *restrict code,
+                                      double *restrict yr, int64_t n2, double t0, double t1, double t2)
+{
+    const __m256d T0 = _mm256_set1_pd(t0), T1 = _mm256_set1_pd(t1), T2 = _mm256_set1_pd(t2);
+    int64_t k = 1;
+    for (; k + 4 <= n2 - 1; k += 4) {
+        const __m128i c16 = _mm_loadl_epi64((const __m128i *)(code + k));
+        const __m256i c = _mm256_cvtepu16_epi64(c16);
+        __m256d acc = _mm256_mul_pd(compact_diag4(c16, T0, T1, T2), _mm256_loadu_pd(xc + k));
+#define LINK(bit, t, p) do {                                                                                  \
+            const __m256i m = _mm256_set1_epi64x(bit);                                                         \
+            acc = _mm256_sub_pd(acc, _mm256_and_pd(_mm256_castsi256_pd(_mm256_cmpeq_epi64(_mm256_and_si256(c, m), m)), \
+                                                   _mm256_mul_pd(t, _mm256_loadu_pd(p))));                     \
+        } while (0)
+        LINK(1, T0, xim + k); LINK(2, T0, xip + k); LINK(4, T1, xjm + k); LINK(8, T1, xjp + k);
+        LINK(16, T2, xc + k - 1); LINK(32, T2, xc + k + 1);
+#undef LINK
+        _mm256_storeu_pd(yr + k, acc);
+    }
+    return k;
+}
+
+static inline int64_t compact_vec_f32(const float *restrict xc, const float *restrict xim,
+                                      const float *restrict xip, const float *restrict xjm,
+                                      const float *restrict xjp, const uint16_t *restrict code,
+                                      float *restrict yr, int64_t n2, double t0, double t1, double t2)
+{
+    const __m256d T0 = _mm256_set1_pd(t0), T1 = _mm256_set1_pd(t1), T2 = _mm256_set1_pd(t2);
+    const __m256 A0 = _mm256_set1_ps((float)t0), A1 = _mm256_set1_ps((float)t1), A2 = _mm256_set1_ps((float)t2);
+    int64_t k = 1;
+    for (; k + 8 <= n2 - 1; k += 8) {
+        const __m128i c16 = _mm_loadu_si128((const __m128i *)(code + k));
+        const __m256i c = _mm256_cvtepu16_epi32(c16);
+        const __m128 dlo = _mm256_cvtpd_ps(compact_diag4(c16, T0, T1, T2));
+        const __m128 dhi = _mm256_cvtpd_ps(compact_diag4(_mm_unpackhi_epi64(c16, c16), T0, T1, T2));
+        __m256 acc = _mm256_mul_ps(_mm256_insertf128_ps(_mm256_castps128_ps256(dlo), dhi, 1), _mm256_loadu_ps(xc + k));
+#define LINK(bit, t, p) do {                                                                                  \
+            const __m256i m = _mm256_set1_epi32(bit);                                                          \
+            acc = _mm256_sub_ps(acc, _mm256_and_ps(_mm256_castsi256_ps(_mm256_cmpeq_epi32(_mm256_and_si256(c, m), m)), \
+                                                   _mm256_mul_ps(t, _mm256_loadu_ps(p))));                     \
+        } while (0)
+        LINK(1, A0, xim + k); LINK(2, A0, xip + k); LINK(4, A1, xjm + k); LINK(8, A1, xjp + k);
+        LINK(16, A2, xc + k - 1); LINK(32, A2, xc + k + 1);
+#undef LINK
+        _mm256_storeu_ps(yr + k, acc);
+    }
+    return k;
+}
 #else
 #define compact_vec_f64(xc, xim, xip, xjm, xjp, code, yr, n2, t0, t1, t2) ((int64_t)1)
 #define compact_vec_f32(xc, xim, xip, xjm, xjp, code, yr, n2, t0, t1, t2) ((int64_t)1)
