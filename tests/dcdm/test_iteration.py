@@ -149,7 +149,7 @@ def test_a_network_module_is_wrapped_in_network_preconditioner(problem):
     assert all(abs(float(t.double().norm()) - 1.0) < 1e-5 for t in seen)
 
 
-def test_network_preconditioner_is_scale_invariant_and_casts_back(ctx):
+def test_network_preconditioner_is_homogeneous_and_casts_back(ctx):
     from deepkrylov.solvers.dcdm import NetworkPreconditioner
 
     torch.manual_seed(1)
@@ -158,8 +158,9 @@ def test_network_preconditioner_is_scale_invariant_and_casts_back(ctx):
     r = torch.randn(1, 1, N, N, N, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
     z = M.apply(r)
     assert z.dtype == torch.float64 and z.shape == r.shape
-    torch.testing.assert_close(M.apply(7.5 * r), z, rtol=1e-6, atol=1e-7)
-    assert torch.equal(M.apply(torch.zeros_like(r)), M.model(torch.zeros(1, 1, N, N, N)).double())
+    torch.testing.assert_close(M.apply(7.5 * r), 7.5 * z, rtol=1e-6, atol=1e-7)  # positively homogeneous
+    torch.testing.assert_close(z, float(r.norm()) * M.model((r / r.norm()).float()).double(), rtol=1e-6, atol=1e-9)
+    assert torch.equal(M.apply(torch.zeros_like(r)), torch.zeros_like(r))
     grid = ProcessGrid(ctx, (N, N, N))
     zg = M.apply(GridTensor.from_global(r, grid))
     torch.testing.assert_close(zg.gather(), z, rtol=1e-5, atol=1e-6)

@@ -1,6 +1,6 @@
 """The DCDM iteration: conjugate directions predicted by a preconditioner (the paper's network, or any other).
 
-Each step: ``q = M r`` (for a network, ``q = f(r / ||r||)``, see :class:`NetworkPreconditioner`);
+Each step: ``q = M r`` (for a network, ``q = ||r|| f(r / ||r||)``, see :class:`NetworkPreconditioner`);
 A-orthogonalise ``q`` against the last ``memory`` directions (2 in the paper); exact line search
 ``x += q (q.r)/(q.Aq)``; recompute the true residual ``r = b - A x``. One preconditioner call and two operator
 applications per iteration. In PETSc terms this is flexible CG (``KSPFCG``, ``-ksp_fcg_mmax 2``) with ``M`` as a

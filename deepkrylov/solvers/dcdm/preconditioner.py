@@ -1,4 +1,4 @@
-"""A network as a preconditioner: ``z = f(r / ||r||)``, the one implementation of "normalise, cast, call, cast
+"""A network as a preconditioner: ``z = ||r|| f(r / ||r||)``, the one implementation of "normalise, cast, call, cast
 back" that the Python :func:`~deepkrylov.solvers.dcdm.dcdm` loop and the PETSc plugins (``DCDM``, ``DCDMPC``)
 share."""
 
@@ -19,12 +19,14 @@ Field = Union[torch.Tensor, GridTensor]
 
 
 class NetworkPreconditioner(Preconditioner):
-    """``z = model(r / ||r||)``, run in the network's dtype and returned in ``r``'s.
+    """``z = ||r|| model(r / ||r||)``, the network run in its dtype and the result returned in ``r``'s.
 
-    The DCDM network is nonlinear and was trained on unit-norm residuals, so the input is normalised (a zero
-    residual goes in unscaled); the caller's line search makes the scale of ``z`` irrelevant. The network runs
-    without autograd. Not symmetric and not linear: use it in :func:`~deepkrylov.solvers.dcdm.dcdm` or
-    :func:`~deepkrylov.solvers.fcg`, not in plain CG.
+    The DCDM network is nonlinear and was trained on unit-norm residuals, so its input is normalised. Its output is
+    scaled back by ``||r||``: the map is then positively homogeneous (``M(c r) = c M(r)``, ``M(0) = 0``), which
+    changes nothing in a line-searched iteration (DCDM, FCG: the scale of a direction cancels) but makes PETSc's
+    *preconditioned* residual norm ``||M r||`` (``KSPFCG``'s default) shrink with ``r`` instead of staying
+    ``O(1)``. The network runs without autograd. Not symmetric and not linear: use it in
+    :func:`~deepkrylov.solvers.dcdm.dcdm` or :func:`~deepkrylov.solvers.fcg`, not in plain CG.
 
     Args:
         model: the network (any ``nn.Module`` or callable on tensors / GridTensors ``(batch, 1, *spatial)``).
@@ -54,10 +56,12 @@ class NetworkPreconditioner(Preconditioner):
     def apply(self, r: Field) -> Field:
         with torch.no_grad():
             n = V.norm(r)
-            rin = r / n if float(n) > 0 else r
+            if not float(n) > 0:  # zero (M(0) = 0) or NaN (passed on for the caller's NaN check)
+                return r * n
+            rin = r / n
             if self.dtype is not None and self.dtype != r.dtype:
-                return self.model(rin.to(self.dtype)).to(r.dtype)
-            return self.model(rin)
+                return self.model(rin.to(self.dtype)).to(r.dtype) * n
+            return self.model(rin) * n
 
     def __repr__(self) -> str:
         name = type(self.model).__name__
