@@ -10,7 +10,14 @@ This module is the whole public solvers API::
     solver = KrylovSolver("cg", M=Jacobi(), rtol=1e-8).setup(A)   # set up once, solve many
     res = solver.solve(b, raise_on_failure=True)
 
-PETSc interop (petsc4py, imported lazily) lives in :mod:`deepkrylov.solvers.petsc`.
+PETSc interop (petsc4py, imported lazily: ``import deepkrylov.solvers`` does not import it) lives in
+:mod:`deepkrylov.solvers.petsc`, among it ``PetscPC``, any PETSc preconditioner for these solvers::
+
+    from deepkrylov.solvers.petsc import PetscPC
+    res = cg(A, b, M=PetscPC(A, "hypre"))       # also "gamg", "icc", "jacobi", ... (A: an operator with to_scipy())
+
+DCDM (:mod:`deepkrylov.solvers.dcdm`): ``dcdm(A, b, M)`` with ``M`` the shipped network (``load_model()``) or
+any preconditioner above.
 """
 
 from .krylov import KrylovSolver, cg, check_system, fcg, gmres, pcg

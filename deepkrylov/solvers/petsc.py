@@ -8,10 +8,14 @@
   SciPy CSR in natural (DMDA x-fastest) ordering into a parallel AIJ ``Mat`` in PETSc ordering, each rank its rows.
 * Baseline: :func:`petsc_solve` runs ``KSPSolve`` (CG with Jacobi, ICC, GAMG, hypre BoomerAMG, ...) on the same
   operator and right-hand side and returns a :class:`~deepkrylov.solvers.SolveResult`.
+* The other direction: :class:`PetscPC` wraps any PETSc PC as a deepkrylov preconditioner for deepkrylov's own
+  iterations, e.g. ``cg(A, b, M=PetscPC(A, "hypre"))``.
 * Plugins for PETSc programs, through the options database only:
   ``-ksp_type python -ksp_python_type deepkrylov.solvers.petsc.CG`` runs deepkrylov's CG;
   ``-pc_type python -pc_python_type deepkrylov.solvers.petsc.PC`` wraps a deepkrylov preconditioner (Jacobi by
-  default; ``-deepkrylov_pc_type jacobi|identity|module:factory`` under the PC's options prefix).
+  default; ``-deepkrylov_pc_type jacobi|identity|module:factory`` under the PC's options prefix). Every plugin
+  finds its grid with :func:`plugin_grid`: the KSP's/PC's DMDA, the vector's, or ``-<prefix>deepkrylov_grid
+  nx,ny,nz`` (x first).
 """
 
 from __future__ import annotations
@@ -20,20 +24,21 @@ import atexit
 import itertools
 import weakref
 import time
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
 
 from deepkrylov.distributed import GridTensor, ProcessGrid
 
+from .preconditioners import Preconditioner
 from .result import ConvergedReason, SolveResult
 
 __all__ = [
     "petsc_available", "import_petsc", "petsc_comm", "create_dmda", "grid_from_dmda", "to_petsc_vec",
     "from_petsc_vec", "natural_to_petsc", "assemble_aij", "as_petsc_mat", "PetscMatOperator", "ShellContext",
-    "set_constant_null_space", "set_null_space", "petsc_solve", "PC_TYPES", "CG", "FCG", "PC", "Jacobi", "DCDM", "DCDMPC",
-    "embedding_environment",
+    "set_constant_null_space", "set_null_space", "petsc_solve", "PC_TYPES", "PetscPC", "plugin_grid", "GRID_OPTION",
+    "CG", "FCG", "PC", "Jacobi", "DCDM", "DCDMPC", "embedding_environment",
 ]
 
 _INSTALL_HINT = (
@@ -142,20 +147,99 @@ def _libpetsc_path() -> str:
     return "libpetsc.so"
 
 
+def _grid_from_dm(dm: Any) -> Optional[ProcessGrid]:
+    """The grid of a DMDA with one degree of freedom per cell (None for no DM, another DM type, or dof > 1); also
+    for a DMDA made in C that petsc4py hands out as a plain ``DM``."""
+    if not dm or dm.getType() != "da":
+        return None
+    if hasattr(dm, "getOwnershipRanges"):
+        return grid_from_dmda(dm) if dm.getDof() == 1 else None
+    layout = _dmda_layout(dm)
+    if layout is None:
+        return None
+    sizes, procs, ranges = layout
+    return ProcessGrid(dm.getComm().tompi4py(), tuple(reversed(sizes)), dims=tuple(reversed(procs)),
+                       splits=tuple(reversed(ranges)))
+
+
+def _layout_grid(vec: Any) -> ProcessGrid:
+    """The 1D grid of a vector's ownership ranges."""
+    ranges = vec.getOwnershipRanges()
+    return ProcessGrid(vec.getComm().tompi4py(), (int(vec.getSize()),),
+                       splits=(tuple(int(b - a) for a, b in zip(ranges[:-1], ranges[1:])),))
+
+
 def _grid_for_vec(vec: Any) -> ProcessGrid:
     """A grid for a PETSc vector: its DMDA's when it has one, else 1D with the vector's ownership ranges."""
-    dm = vec.getDM()
-    if dm and dm.getType() == "da":
-        layout = grid_from_dmda(dm) if hasattr(dm, "getOwnershipRanges") else _dmda_layout(dm)
-        if isinstance(layout, ProcessGrid):
-            return layout
-        if layout is not None:
-            sizes, procs, ranges = layout
-            return ProcessGrid(vec.getComm().tompi4py(), tuple(reversed(sizes)), dims=tuple(reversed(procs)),
-                               splits=tuple(reversed(ranges)))
-    comm = vec.getComm().tompi4py()
-    ranges = vec.getOwnershipRanges()
-    return ProcessGrid(comm, (int(vec.getSize()),), splits=(tuple(int(b - a) for a, b in zip(ranges[:-1], ranges[1:])),))
+    grid = _grid_from_dm(vec.getDM())
+    return grid if grid is not None else _layout_grid(vec)
+
+
+GRID_OPTION = "deepkrylov_grid"
+"""The option (under the KSP's or PC's options prefix) that gives a python plugin its grid when the KSP has no
+DMDA: ``-deepkrylov_grid 64,64,64`` (``-<prefix>deepkrylov_grid``), cells per axis **x first**, like DMDA sizes
+and ``-da_grid_x/y/z``."""
+
+
+def _option_grid_shape(obj: Any) -> Optional[tuple[int, ...]]:
+    """The ``-<prefix>deepkrylov_grid`` option of a KSP or PC in tensor order (z, y, x), or None when not given."""
+    PETSc = import_petsc()
+    prefix = obj.getOptionsPrefix() or ""
+    opts = PETSc.Options(prefix)
+    if not opts.hasName(GRID_OPTION):
+        return None
+    text = (opts.getString(GRID_OPTION, "") or "").strip()
+    try:
+        sizes = tuple(int(v) for v in text.replace("x", ",").split(","))
+    except ValueError:
+        sizes = ()
+    if not 1 <= len(sizes) <= 3 or any(v < 1 for v in sizes):
+        raise ValueError(f"-{prefix}{GRID_OPTION} must be 1 to 3 positive cell counts separated by commas, x first "
+                         f"(e.g. 64,64,64), but got {text!r}")
+    return tuple(reversed(sizes))
+
+
+def plugin_grid(obj: Any, vec: Any, *, ndim: Optional[int] = None, what: str = "this plugin") -> ProcessGrid:
+    """The grid a python KSP/PC plugin works on, for every plugin (CG, FCG, PC, Jacobi, DCDM, DCDMPC).
+
+    In this order: the DMDA of ``obj`` (a KSP's DM, or a PC's, which ``KSPSetDM`` sets too), the DMDA of ``vec``,
+    the option ``-<prefix>deepkrylov_grid nx,ny,nz`` (:data:`GRID_OPTION`, under ``obj``'s options prefix; when
+    a DMDA is present too, they must agree), else the 1D layout of ``vec``. ``ndim`` is the number of axes the
+    plugin needs (e.g. 3 for a 3D network); when no source gives that many, the error names the option to give.
+    Every rank takes the same decision, so a failure is the same error on every rank, not a hang.
+    """
+    prefix = obj.getOptionsPrefix() or ""
+    option = f"-{prefix}{GRID_OPTION}"
+    shape = _option_grid_shape(obj)
+    grid, source = _grid_from_dm(obj.getDM()), f"the {type(obj).__name__}'s DMDA"  # a KSP without one: a DMShell
+    if grid is None:
+        grid, source = _grid_from_dm(vec.getDM()), "the vector's DMDA"
+    if grid is not None and shape is not None and tuple(grid.global_shape) != shape:
+        raise ValueError(f"{option} {','.join(map(str, reversed(shape)))} disagrees with {source} of "
+                         f"{','.join(map(str, reversed(grid.global_shape)))} cells (x first)")
+    if grid is None and shape is not None:
+        comm = vec.getComm().tompi4py()
+        grid, source = ProcessGrid(comm, shape), option
+        nloc, n = _sizes(grid)
+        if comm.allreduce(int(n != vec.getSize() or nloc != vec.getLocalSize())):  # the same decision on every rank
+            raise ValueError(
+                f"{option} {','.join(map(str, reversed(shape)))} gives {n} cells, {nloc} on this rank (DMDA's default "
+                f"split), but the vector has {vec.getSize()}, {vec.getLocalSize()} on this rank; give the grid the "
+                "matrix was built on, or set the DMDA on the KSP (KSPSetDM, KSPSetDMActive(ksp, PETSC_FALSE))"
+            )
+    if grid is None:
+        grid, source = _layout_grid(vec), "the vector's 1D layout (no DMDA, no option)"
+    if ndim is not None and grid.ndim != ndim:
+        example = ",".join(["64"] * ndim)
+        raise ValueError(
+            f"{what} needs a {ndim}D grid, but found a {grid.ndim}D grid of "
+            f"{','.join(map(str, reversed(grid.global_shape)))} cells from {source}; give the grid with "
+            f"{option} {example} (cells per axis, x first) or set a DMDA on the KSP (KSPSetDM with "
+            "KSPSetDMActive(ksp, PETSC_FALSE))"
+        )
+    if _sizes(grid)[1] != vec.getSize():
+        raise ValueError(f"the grid from {source} has {_sizes(grid)[1]} cells but the vector {vec.getSize()} entries")
+    return grid
 
 
 def _through_petsc(op: Any, xvec: Any, yvec: Any, local: torch.Tensor) -> torch.Tensor:
@@ -342,10 +426,11 @@ def _destroy_live_shells() -> None:
             pass
 
 
-def _track_shell(mat: Any) -> None:
+def _track_petsc_object(obj: Any) -> None:
+    """Destroy ``obj`` (a PETSc Mat, PC, Vec) at exit if it is still alive then: before PETSc is finalized."""
     global _atexit_registered
-    key = id(mat)
-    _live_shells[key] = weakref.ref(mat, lambda _r, key=key: _live_shells.pop(key, None))
+    key = id(obj)
+    _live_shells[key] = weakref.ref(obj, lambda _r, key=key: _live_shells.pop(key, None))
     if not _atexit_registered:
         atexit.register(_destroy_live_shells)
         _atexit_registered = True
@@ -357,7 +442,7 @@ def as_petsc_mat(op: Any, grid: ProcessGrid) -> Any:
     nloc, n = _sizes(grid)
     mat = PETSc.Mat().createPython(((nloc, n), (nloc, n)), context=ShellContext(op, grid), comm=petsc_comm(grid))
     mat.setUp()
-    _track_shell(mat)
+    _track_petsc_object(mat)
     if getattr(op, "is_symmetric", None):
         mat.setOption(PETSc.Mat.Option.SYMMETRIC, True)
     return mat
@@ -468,7 +553,7 @@ def petsc_solve(
     A: Any, b: GridTensor, x0: Optional[GridTensor] = None, *, ksp_type: str = "cg", pc_type: str = "jacobi",
     rtol: float = 1e-5, atol: float = 1e-50, dtol: float = 1e5, max_it: int = 10000,
     norm_type: str = "unpreconditioned", reference: str = "rhs", null_space: Any = False,
-    options: Optional[dict] = None,
+    options: Optional[dict] = None, monitor: Optional[Callable[[int, float], None]] = None,
 ) -> SolveResult:
     """Solve ``A x = b`` with PETSc KSP (the baseline): same tolerances and stopping test as deepkrylov's solvers.
 
@@ -484,6 +569,7 @@ def petsc_solve(
             (e.g. ``op.null_space()`` for pure Neumann with obstacles); it is projected out of ``b`` (the Mat keeps
             it attached).
         options: extra PETSc options (without the prefix), e.g. ``{"pc_gamg_agg_nsmooths": 1}``.
+        monitor: called as ``monitor(it, rnorm)`` at every iteration (a KSP monitor), e.g. to show progress.
 
     Returns a :class:`SolveResult` with ``info`` holding ``setup_time``, ``solve_time``, ``ksp_type``,
     ``pc_type``; ``wall_time`` is set-up plus solve.
@@ -542,6 +628,8 @@ def petsc_solve(
         ksp.setTolerances(rtol=rtol, atol=atol, divtol=dtol, max_it=max_it)
         ksp.setInitialGuessNonzero(x0 is not None)
         ksp.setConvergenceHistory(length=max_it + 1)
+        if monitor is not None:
+            ksp.setMonitor(lambda _ksp, it, rnorm: monitor(int(it), float(rnorm)))
         ksp.setFromOptions()
         t0 = time.perf_counter()
         ksp.setUp()
@@ -563,6 +651,46 @@ def petsc_solve(
 
 
 # ---- plugins: python KSP and PC types ----------------------------------------------------------------------
+_PETSC_ERR_ARG_WRONG = 62  # petscerror.h; stable across PETSc versions
+_PETSC_ERROR_INITIAL = 0   # PetscErrorType
+
+
+def _report_to_petsc(where: str, err: BaseException) -> None:
+    """Put ``err``'s message on PETSc's error trace (``PetscError``), so that a C program that runs a plugin prints
+    it in its ``PETSC ERROR`` report: petsc4py hands PETSc only the code of a Python exception, and an embedded
+    Python's traceback is never printed. Under a Python host, petsc4py's handler records it silently and the
+    exception itself propagates."""
+    import ctypes
+
+    try:
+        from mpi4py import MPI
+
+        lib = ctypes.CDLL(_libpetsc_path(), mode=ctypes.RTLD_GLOBAL)
+        handle = MPI._handleof(MPI.COMM_SELF)
+        comm = ctypes.c_void_p(handle) if MPI._sizeof(MPI.Comm) == ctypes.sizeof(ctypes.c_void_p) else ctypes.c_int(handle)
+        msg = f"{type(err).__name__}: {err}".encode(errors="replace")
+        lib.PetscError(comm, ctypes.c_int(0), where.encode(), b"deepkrylov/solvers/petsc.py",
+                       ctypes.c_int(_PETSC_ERR_ARG_WRONG), ctypes.c_int(_PETSC_ERROR_INITIAL), b"%s", msg)
+    except Exception:  # noqa: BLE001 - reporting is best effort; the exception itself still goes to PETSc
+        pass
+
+
+def _reports_errors(method: Callable) -> Callable:
+    """Decorate a plugin method (``setUp``, ``solve``, ``apply``) so that an exception is reported to PETSc with its
+    message (see :func:`_report_to_petsc`) before PETSc gets the error code."""
+    import functools
+
+    @functools.wraps(method)
+    def wrapper(self: Any, *args: Any) -> Any:
+        try:
+            return method(self, *args)
+        except Exception as err:
+            _report_to_petsc(f"deepkrylov.solvers.petsc.{type(self).__name__}.{method.__name__}", err)
+            raise
+
+    return wrapper
+
+
 def _norm_name(ksp: Any) -> str:
     PETSc = import_petsc()
     nt = ksp.getNormType()
@@ -573,32 +701,252 @@ def _norm_name(ksp: Any) -> str:
     return "preconditioned"
 
 
-class _PetscPCApply:
-    """A PETSc ``PC`` as a deepkrylov preconditioner callable on GridTensors of ``grid``."""
+# ---- any PETSc PC as a deepkrylov preconditioner ---------------------------------------------------------------
+_SYMMETRIC_PCS = {
+    "none": True, "jacobi": True, "pbjacobi": True, "icc": True, "cholesky": True,
+    "sor": True,    # PETSc's default SOR is the local symmetric sweep
+    "gamg": True,   # symmetric V-cycle: Chebyshev/Jacobi smoothing before and after, Galerkin coarse operators
+    "hypre": True,  # BoomerAMG with PETSc's default symmetric relaxation and Galerkin coarse operators
+}
+"""PC types whose default settings give a symmetric ``M`` for a symmetric matrix (checked, ``<M u, v> = <u, M v>``,
+in tests/solvers/test_petsc.py for jacobi, icc, gamg, hypre). Other types: unknown (None)."""
 
-    def __init__(self, pc: Any, grid: ProcessGrid, work: Any) -> None:
-        self.pc, self.grid = pc, grid
-        self._r, self._z = work, work.duplicate()
+
+def _pc_type_names() -> tuple[str, ...]:
+    PETSc = import_petsc()
+    return tuple(sorted({v for k, v in vars(PETSc.PC.Type).items() if not k.startswith("_") and isinstance(v, str)}))
+
+
+class PetscPC(Preconditioner):
+    """Any PETSc preconditioner (``hypre``, ``gamg``, ``icc``, ``jacobi``, ...) for deepkrylov's own iterations.
+
+    ``cg(A, b, M=PetscPC(A, "hypre"))``: ``A`` is assembled once into a PETSc AIJ matrix (DMDA ordering), the PC
+    is set up on it once (``setup_time`` records assembly plus ``PCSetUp``), and every :meth:`apply` is one
+    ``PCApply`` on the vector's memory (no copy for CPU float64). ``icc`` on several ranks is block Jacobi with
+    ICC per block and ``hypre`` is BoomerAMG, as in :func:`petsc_solve`, so iteration counts compare with it.
+
+    Args:
+        A: the matrix: a deepkrylov operator with ``to_scipy()`` (e.g. ``laplacian(...)``), a
+            :class:`PetscMatOperator`, a SciPy sparse matrix (natural x-fastest ordering) or a PETSc ``Mat``.
+        pc_type: a PETSc PC type name.
+        grid: the :class:`ProcessGrid` of the vectors it will be applied to. Default: a PetscMatOperator's grid, or
+            the grid of the first GridTensor applied (a plain tensor: one process); set-up happens then.
+        options: PETSc options for this PC without the prefix, e.g. ``{"pc_hypre_boomeramg_strong_threshold":
+            0.5}``. Options already in PETSc's database under this prefix (command line, ``PETSC_OPTIONS``) win.
+        prefix: the options prefix (default ``dkpcN_``); ``-<prefix>pc_...`` on the command line configures it.
+        symmetric: whether ``M`` is symmetric. Default: True for the types of :data:`_SYMMETRIC_PCS` (jacobi, icc,
+            sor, gamg, hypre, ...) with their default settings, else unknown (None). Options that break symmetry
+            (e.g. non-symmetric smoothers) need ``symmetric=False`` (then ``cg`` refuses it: use ``fcg``).
+
+    Call :meth:`close` (or :meth:`reset`) to free the PETSc objects; they are also freed at exit.
+    """
+
+    is_positive_definite = None
+
+    def __init__(self, A: Any = None, pc_type: str = "jacobi", *, grid: Optional[ProcessGrid] = None,
+                 options: Optional[dict] = None, prefix: Optional[str] = None,
+                 symmetric: Optional[bool] = None) -> None:
+        names = _pc_type_names()
+        if pc_type not in names:
+            raise ValueError(f"pc_type must be a PETSc PC type, one of {names}, but got {pc_type!r}")
+        if grid is not None and not isinstance(grid, ProcessGrid):
+            raise TypeError(f"grid must be a ProcessGrid or None, but got {type(grid).__name__}")
+        self.pc_type = pc_type
+        self.grid = grid
+        self.options = dict(options or {})
+        self.prefix = prefix if prefix is not None else f"dkpc{next(_counter)}_"
+        self.is_symmetric = symmetric if symmetric is not None else _SYMMETRIC_PCS.get(pc_type)
+        self.setup_time: Optional[float] = None
+        self.assembly_time: Optional[float] = None
+        self.pc: Any = None
+        self.A: Any = None
+        self._mat: Any = None
+        self._owns = (False, False)  # (the PC, the Mat)
+        self._work: Any = None
+        self.is_setup = False
+        if A is not None:
+            self.setup(A)
+
+    @classmethod
+    def from_petsc(cls, pc: Any, grid: ProcessGrid) -> "PetscPC":
+        """Wrap a PETSc ``PC`` that PETSc already set up (e.g. a KSP's, inside a python KSP plugin); the PC stays
+        its owner's (:meth:`close` frees only the work vectors)."""
+        self = cls.__new__(cls)
+        self.pc_type, self.grid, self.options, self.prefix = pc.getType(), grid, {}, pc.getOptionsPrefix() or ""
+        self.is_symmetric = _SYMMETRIC_PCS.get(self.pc_type)
+        self.setup_time = self.assembly_time = None
+        self.pc, self.A, self._owns = pc, None, (False, False)
+        self._mat = pc.getOperators()[1]
+        self._work = self._mat.createVecs()
+        self.is_setup = True
+        return self
+
+    def setup(self, A: Any) -> "PetscPC":
+        """Take the matrix ``A``; assemble and set the PC up now if the vectors' grid is known, else at the first
+        :meth:`apply`. Returns self."""
+        PETSc = import_petsc()
+        self.reset()
+        if isinstance(A, PetscMatOperator):
+            self.grid = self.grid if self.grid is not None else A.grid
+        elif isinstance(A, PETSc.Mat):
+            if self.grid is None:
+                x, _ = A.createVecs()
+                self.grid = _grid_for_vec(x)
+                x.destroy()
+        elif not (hasattr(A, "to_scipy") or type(A).__module__.startswith("scipy.sparse")):
+            raise TypeError(
+                "PetscPC needs an assembled matrix: a deepkrylov operator with to_scipy(), a PetscMatOperator, a "
+                f"scipy.sparse matrix or a PETSc Mat, but got {type(A).__name__}"
+            )
+        self.A = A
+        self.is_setup = True
+        if self.grid is not None:
+            self._build(self.grid)
+        return self
+
+    def _build(self, grid: ProcessGrid) -> None:
+        """Assemble (unless ``A`` is a PETSc matrix already) and ``PCSetUp`` on ``grid``'s ranks."""
+        PETSc = import_petsc()
+        t0 = time.perf_counter()
+        A = self.A
+        if isinstance(A, PetscMatOperator):
+            if A.grid != grid:
+                raise ValueError(f"the PetscMatOperator lives on {A.grid!r} but the vectors on {grid!r}")
+            mat, own_mat = A.mat, False
+        elif isinstance(A, PETSc.Mat):
+            mat, own_mat = A, False
+        else:
+            mat, own_mat = assemble_aij(A, grid), True
+        if mat.getSize()[0] != _sizes(grid)[1]:
+            raise ValueError(f"the matrix has size {mat.getSize()} but the grid {grid.global_shape} has "
+                             f"{_sizes(grid)[1]} cells")
+        t1 = time.perf_counter()
+        opts = PETSc.Options()
+        settings = {**_pc_options(self.pc_type, grid.size), **self.options}
+        inserted = [k for k in settings if not opts.hasName(self.prefix + k)]
+        for k in inserted:
+            v = settings[k]
+            opts.setValue(self.prefix + k, "" if v is None else str(v))
+        pc = PETSc.PC().create(comm=mat.getComm())
+        try:
+            pc.setOptionsPrefix(self.prefix)
+            pc.setOperators(mat, mat)
+            pc.setType(settings["pc_type"])
+            pc.setFromOptions()
+            pc.setUp()
+            pc.setUpOnBlocks()  # block Jacobi factors its blocks here, not at the first apply
+        except Exception:
+            pc.destroy()
+            if own_mat:
+                mat.destroy()
+            raise
+        finally:
+            for k in inserted:
+                opts.delValue(self.prefix + k)
+        t2 = time.perf_counter()
+        self.pc, self._mat, self._owns, self.grid = pc, mat, (True, own_mat), grid
+        self._work = mat.createVecs()
+        for obj in (pc, *self._work) + ((mat,) if own_mat else ()):
+            _track_petsc_object(obj)
+        self.assembly_time, self.setup_time = t1 - t0, t2 - t0
+
+    def _grid_for(self, r: Any) -> ProcessGrid:
+        if isinstance(r, GridTensor):
+            return r.grid
+        if not isinstance(r, torch.Tensor):
+            raise TypeError(f"PetscPC applies to a torch.Tensor or GridTensor, but got {type(r).__name__}")
+        if self.grid is not None:
+            return self.grid
+        mesh = getattr(self.A, "grid", None)
+        shape = tuple(getattr(mesh, "shape", ())) or (int(self.A.shape[0]),)
+        return ProcessGrid(None, shape)  # a plain tensor: one process
+
+    def apply(self, r: Any) -> Any:
+        if not self.is_setup:
+            raise RuntimeError("PetscPC.apply before setup(A): pass the matrix to PetscPC(A, ...) or to the solver")
+        grid = self._grid_for(r)
+        if self.pc is None:
+            self._build(grid)
+        elif isinstance(r, GridTensor) and r.grid != self.grid:
+            raise ValueError(f"r lives on {r.grid!r} but this PetscPC was set up on {self.grid!r}")
+        local = r.local if isinstance(r, GridTensor) else r
+        nloc = _sizes(self.grid)[0]
+        per = local.numel() // max(local.shape[0] * local.shape[1], 1) if local.dim() > 2 else local.numel()
+        if local.dim() > 2 and local.shape[:2] != (1, 1):  # a batch or several channels: one PCApply each
+            parts = [self._apply_local(local[i:i + 1, c:c + 1]) for i in range(local.shape[0])
+                     for c in range(local.shape[1])]
+            out = torch.cat([p.reshape(1, -1) for p in parts]).reshape(local.shape)
+        elif per == nloc:
+            out = self._apply_local(local)
+        else:
+            raise ValueError(f"r has {per} entries per sample on this rank but the PC {nloc}")
+        return r.with_local(out) if isinstance(r, GridTensor) else out
+
+    def _apply_local(self, local: torch.Tensor) -> torch.Tensor:
+        xv, yv = self._work
+        return _through_petsc(self.pc.apply, xv, yv, local.contiguous())
+
+    def reset(self) -> None:
+        """Free the PETSc objects this object made (the PC, an assembled matrix, work vectors)."""
+        for v in self._work or ():
+            v.destroy()
+        own_pc, own_mat = self._owns
+        if own_pc and self.pc is not None:
+            self.pc.destroy()
+        if own_mat and self._mat is not None:
+            self._mat.destroy()
+        self.pc, self._mat, self._work, self._owns = None, None, None, (False, False)
+        self.is_setup = False
 
     def close(self) -> None:
-        """Destroy the work vectors now (PETSc may be finalized before Python collects them)."""
-        self._r.destroy()
-        self._z.destroy()
-        self.pc = None
+        """Free the PETSc objects now (PETSc may be finalized before Python collects them)."""
+        self.reset()
 
-    def __call__(self, r: GridTensor) -> GridTensor:
-        return r.with_local(_through_petsc(self.pc.apply, self._r, self._z, r.local))
+    def __repr__(self) -> str:
+        t = f", setup {self.setup_time:.3g}s" if self.setup_time is not None else ""
+        return f"PetscPC({self.pc_type!r}, prefix={self.prefix!r}, symmetric={self.is_symmetric}{t})"
+
+
+def _ksp_monitor(ksp: Any) -> Callable[[int, float], None]:
+    """A deepkrylov ``callback(it, rnorm)`` that reports to the KSP: iteration number, residual norm, convergence
+    history and PETSc monitors (``-ksp_monitor``)."""
+
+    def monitor(it: int, rnorm: float) -> None:
+        ksp.setIterationNumber(it)
+        ksp.setResidualNorm(rnorm)
+        ksp.logConvergenceHistory(rnorm)
+        ksp.monitor(it, rnorm)
+
+    return monitor
+
+
+def _finish(ksp: Any, res: SolveResult, xt: GridTensor) -> None:
+    xt.local.copy_(res.x.local)
+    ksp.setIterationNumber(res.iterations)
+    ksp.setResidualNorm(res.residual_norm)
+    ksp.setConvergedReason(int(res.reason))
+
+
+def _reference(ksp: Any) -> str:
+    PETSc = import_petsc()
+    opts = PETSc.Options(ksp.getOptionsPrefix())
+    if opts.getBool("ksp_converged_use_initial_residual_norm", False):
+        return "initial"
+    return "min" if opts.getBool("ksp_converged_use_min_initial_residual_norm", False) else "rhs"
 
 
 class CG:
     """PETSc ``KSPPYTHON`` context running deepkrylov's :func:`~deepkrylov.solvers.cg`.
 
     Use ``-ksp_type python -ksp_python_type deepkrylov.solvers.petsc.CG``. Tolerances, the initial-guess flag,
-    the norm type (``-ksp_norm_type``), ``-ksp_converged_use_initial_residual_norm`` and the KSP's PC are taken
-    from PETSc; monitors (``-ksp_monitor``) and the convergence history see every iteration.
+    the norm type (``-ksp_norm_type``), ``-ksp_converged_use_initial_residual_norm`` and the KSP's PC (through
+    :class:`PetscPC`) are taken from PETSc; monitors (``-ksp_monitor``) and the convergence history see every
+    iteration. The grid comes from :func:`plugin_grid` (the KSP's DMDA, the vector's, or
+    ``-<prefix>deepkrylov_grid``).
     """
 
     method = "cg"
+    grid_ndim: Optional[int] = None  # the number of axes the method needs (None: any grid, the 1D layout too)
 
     def create(self, ksp: Any) -> None:
         self.grid: Optional[ProcessGrid] = None
@@ -616,30 +964,25 @@ class CG:
     def view(self, ksp: Any, viewer: Any) -> None:
         viewer.printfASCII(f"  deepkrylov {self.method} (deepkrylov.solvers.petsc.{type(self).__name__})\n")
 
+    def _grid(self, ksp: Any, b: Any) -> ProcessGrid:
+        if self.grid is None:
+            self.grid = plugin_grid(ksp, b, ndim=self.grid_ndim, what=f"deepkrylov.solvers.petsc.{type(self).__name__}")
+        return self.grid
+
+    @_reports_errors
     def solve(self, ksp: Any, b: Any, x: Any) -> None:
         PETSc = import_petsc()
         from .krylov import cg, fcg
 
         A, _ = ksp.getOperators()
-        if self.grid is None:
-            self.grid = _grid_for_vec(b)
-        op = PetscMatOperator(A, self.grid)
-        bt = from_petsc_vec(b, self.grid)
-        xt = from_petsc_vec(x, self.grid)
+        grid = self._grid(ksp, b)
+        op = PetscMatOperator(A, grid)
+        bt, xt = from_petsc_vec(b, grid), from_petsc_vec(x, grid)
         pc = ksp.getPC()
-        M = None if pc.getType() == PETSc.PC.Type.NONE else _PetscPCApply(pc, self.grid, b.duplicate())
+        M = None if pc.getType() == PETSc.PC.Type.NONE else PetscPC.from_petsc(pc, grid)
         rtol, atol, dtol, max_it = ksp.getTolerances()
-        opts = PETSc.Options(ksp.getOptionsPrefix())
-        reference = "initial" if opts.getBool("ksp_converged_use_initial_residual_norm", False) else (
-            "min" if opts.getBool("ksp_converged_use_min_initial_residual_norm", False) else "rhs")
-
-        def monitor(it: int, rnorm: float) -> None:
-            ksp.setIterationNumber(it)
-            ksp.setResidualNorm(rnorm)
-            ksp.logConvergenceHistory(rnorm)
-            ksp.monitor(it, rnorm)
-
-        kw = dict(rtol=rtol, atol=atol, dtol=dtol, max_it=int(max_it), reference=reference, callback=monitor)
+        kw = dict(rtol=rtol, atol=atol, dtol=dtol, max_it=int(max_it), reference=_reference(ksp),
+                  callback=_ksp_monitor(ksp))
         x0 = xt.clone() if ksp.getInitialGuessNonzero() else None
         try:
             if self.method == "fcg":
@@ -650,10 +993,7 @@ class CG:
             if M is not None:
                 M.close()
             op.close()
-        xt.local.copy_(res.x.local)
-        ksp.setIterationNumber(res.iterations)
-        ksp.setResidualNorm(res.residual_norm)
-        ksp.setConvergedReason(int(res.reason))
+        _finish(ksp, res, xt)
         self.last = res
 
 
@@ -684,7 +1024,8 @@ class PC:
 
     Use ``-pc_type python -pc_python_type deepkrylov.solvers.petsc.PC [-deepkrylov_pc_type jacobi]``; the option
     is read under the PC's prefix. ``module:factory`` calls ``factory(operator)`` with the preconditioning matrix
-    as a :class:`PetscMatOperator` and uses the returned preconditioner or callable on GridTensors.
+    as a :class:`PetscMatOperator` and uses the returned preconditioner or callable on GridTensors. The grid comes
+    from :func:`plugin_grid` (the PC's DMDA, which ``KSPSetDM`` sets, or ``-<prefix>deepkrylov_grid nx,ny,nz``).
     """
 
     default = "jacobi"
@@ -698,10 +1039,18 @@ class PC:
         PETSc = import_petsc()
         self.kind = PETSc.Options(pc.getOptionsPrefix()).getString("deepkrylov_pc_type", self.kind)
 
-    def setUp(self, pc: Any) -> None:
+    def _grid(self, pc: Any, ndim: Optional[int] = None) -> ProcessGrid:
         _, P = pc.getOperators()
         x, _ = P.createVecs()
-        self.grid = _grid_for_vec(x)
+        try:
+            return plugin_grid(pc, x, ndim=ndim, what=f"deepkrylov.solvers.petsc.{type(self).__name__}")
+        finally:
+            x.destroy()
+
+    @_reports_errors
+    def setUp(self, pc: Any) -> None:
+        _, P = pc.getOperators()
+        self.grid = self._grid(pc)
         self.inner = _make_preconditioner(self.kind, PetscMatOperator(P, self.grid))
 
     def reset(self, pc: Any) -> None:
@@ -710,6 +1059,7 @@ class PC:
     def view(self, pc: Any, viewer: Any) -> None:
         viewer.printfASCII(f"  deepkrylov preconditioner: {self.kind} ({self.inner!r})\n")
 
+    @_reports_errors
     def apply(self, pc: Any, x: Any, y: Any) -> None:
         xt = from_petsc_vec(x, self.grid)
         yt = from_petsc_vec(y, self.grid)
@@ -746,8 +1096,9 @@ class DCDM(CG):
     """PETSc ``KSPPYTHON`` context running deepkrylov's DCDM (the network predicts the search directions).
 
     ``-ksp_type python -ksp_python_type deepkrylov.solvers.petsc.DCDM [-ksp_dcdm_model FILE]
-    [-ksp_dcdm_memory 2]`` (options under the KSP's prefix). Tolerances, initial-guess flag and monitors come from
-    PETSc; the residual norms are true (unpreconditioned) residuals; the KSP's PC is not used.
+    [-ksp_dcdm_memory 2] [-deepkrylov_grid nx,ny,nz]`` (options under the KSP's prefix). Tolerances,
+    initial-guess flag and monitors come from PETSc; the residual norms are true (unpreconditioned) residuals; the
+    KSP's PC is not used. The network is applied by :class:`~deepkrylov.solvers.dcdm.NetworkPreconditioner`.
     """
 
     method = "dcdm"
@@ -765,66 +1116,54 @@ class DCDM(CG):
     def view(self, ksp: Any, viewer: Any) -> None:
         viewer.printfASCII(f"  deepkrylov DCDM, model {self.model_path or 'shipped'}, memory {self.memory}\n")
 
+    @_reports_errors
     def solve(self, ksp: Any, b: Any, x: Any) -> None:
-        PETSc = import_petsc()
-        from .dcdm import dcdm
+        from .dcdm import NetworkPreconditioner, dcdm
 
+        M = NetworkPreconditioner(_dcdm_model(self.model_path))
+        self.grid_ndim = M.dim
         A, _ = ksp.getOperators()
-        if self.grid is None:
-            dm = ksp.getDM()
-            self.grid = grid_from_dmda(dm) if dm and dm.getType() == "da" else _grid_for_vec(b)
-        op = PetscMatOperator(A, self.grid)
-        bt, xt = from_petsc_vec(b, self.grid), from_petsc_vec(x, self.grid)
+        grid = self._grid(ksp, b)
+        op = PetscMatOperator(A, grid)
+        bt, xt = from_petsc_vec(b, grid), from_petsc_vec(x, grid)
         rtol, atol, dtol, max_it = ksp.getTolerances()
-        opts = PETSc.Options(ksp.getOptionsPrefix())
-        reference = "initial" if opts.getBool("ksp_converged_use_initial_residual_norm", False) else "rhs"
-
-        def monitor(it: int, rnorm: float) -> None:
-            ksp.setIterationNumber(it)
-            ksp.setResidualNorm(rnorm)
-            ksp.logConvergenceHistory(rnorm)
-            ksp.monitor(it, rnorm)
-
         x0 = xt.clone() if ksp.getInitialGuessNonzero() else None
         try:
-            res = dcdm(op, bt, _dcdm_model(self.model_path), x0, rtol=rtol, atol=atol, dtol=dtol,
-                       max_it=int(max_it), memory=self.memory, reference=reference, callback=monitor)
+            res = dcdm(op, bt, M, x0, rtol=rtol, atol=atol, dtol=dtol, max_it=int(max_it), memory=self.memory,
+                       reference=_reference(ksp), callback=_ksp_monitor(ksp))
         finally:
             op.close()
-        xt.local.copy_(res.x.local)
-        ksp.setIterationNumber(res.iterations)
-        ksp.setResidualNorm(res.residual_norm)
-        ksp.setConvergedReason(int(res.reason))
+        _finish(ksp, res, xt)
         self.last = res
 
 
 class DCDMPC(PC):
-    """PETSc ``PCPYTHON`` context applying the DCDM network, ``z = f(r / ||r||)``: a nonlinear preconditioner for
-    flexible CG (``-ksp_type fcg -ksp_fcg_mmax 2 -pc_type python -pc_python_type
-    deepkrylov.solvers.petsc.DCDMPC [-pc_dcdm_model FILE]``)."""
+    """PETSc ``PCPYTHON`` context applying the DCDM network, ``z = ||r|| f(r / ||r||)``
+    (:class:`~deepkrylov.solvers.dcdm.NetworkPreconditioner`): a nonlinear preconditioner for flexible CG.
+
+    ``-ksp_type fcg -ksp_fcg_mmax 2 -pc_type python -pc_python_type deepkrylov.solvers.petsc.DCDMPC
+    [-pc_dcdm_model FILE] [-deepkrylov_grid nx,ny,nz]`` (options under the PC's prefix). The network needs a grid
+    of its dimension: the KSP's DMDA (``KSPSetDM`` with ``KSPSetDMActive(ksp, PETSC_FALSE)``) or the option.
+    """
+
+    def create(self, pc: Any) -> None:
+        super().create(pc)
+        self.model_path = ""
 
     def setFromOptions(self, pc: Any) -> None:
         PETSc = import_petsc()
-        self.kind = PETSc.Options(pc.getOptionsPrefix()).getString("pc_dcdm_model", "")
+        self.model_path = PETSc.Options(pc.getOptionsPrefix()).getString("pc_dcdm_model", self.model_path)
 
+    @_reports_errors
     def setUp(self, pc: Any) -> None:
-        _, P = pc.getOperators()
-        x, _ = P.createVecs()
-        dm = pc.getDM()
-        self.grid = grid_from_dmda(dm) if dm and dm.getType() == "da" else _grid_for_vec(x)
-        model = _dcdm_model(self.kind if self.kind != self.default else "")
+        from .dcdm import NetworkPreconditioner
 
-        def apply(r: GridTensor) -> GridTensor:
-            with torch.no_grad():
-                n = r.norm()
-                rin = r / n if float(n) > 0 else r
-                dtype = next(model.parameters()).dtype
-                return model(rin.to(dtype)).to(r.dtype)
-
-        self.inner = apply
+        M = NetworkPreconditioner(_dcdm_model(self.model_path))
+        self.grid = self._grid(pc, ndim=M.dim)
+        self.inner = M
 
     def view(self, pc: Any, viewer: Any) -> None:
-        viewer.printfASCII(f"  deepkrylov DCDM network preconditioner, model {self.kind or 'shipped'}\n")
+        viewer.printfASCII(f"  deepkrylov DCDM network preconditioner, model {self.model_path or 'shipped'}\n")
 
 
 # ---- running the plugins from a C program ---------------------------------------------------------------------

@@ -4,6 +4,9 @@
    options only, e.g.
      ./poisson -dim 3 -n 24 -python $VENV/bin/python -ksp_type python \
                -ksp_python_type deepkrylov.solvers.petsc.CG -pc_type jacobi -ksp_norm_type unpreconditioned
+   Like real PETSc codes it hands its DMDA to the KSP (KSPSetDM, with KSPSetDMActive false: the matrix is the one
+   assembled here), so python KSP/PC plugins see the grid. -set_ksp_dm 0 leaves the KSP without a DM; a plugin
+   that needs the grid then takes it from its -deepkrylov_grid nx,ny,nz option.
 */
 #include <petscdmda.h>
 #include <petscksp.h>
@@ -46,6 +49,7 @@ int main(int argc, char **argv)
   Vec                x, b;
   KSP                ksp;
   PetscInt           dim = 2, n = 32, its;
+  PetscBool          set_ksp_dm = PETSC_TRUE;
   PetscReal          xnorm, rnorm;
   KSPConvergedReason reason;
   const char        *type;
@@ -53,6 +57,7 @@ int main(int argc, char **argv)
   PetscCall(PetscInitialize(&argc, &argv, NULL, "Poisson on a DMDA solved by KSP (deepkrylov plugin demo)"));
   PetscCall(PetscOptionsGetInt(NULL, NULL, "-dim", &dim, NULL));
   PetscCall(PetscOptionsGetInt(NULL, NULL, "-n", &n, NULL));
+  PetscCall(PetscOptionsGetBool(NULL, NULL, "-set_ksp_dm", &set_ksp_dm, NULL));
   PetscCheck(dim == 2 || dim == 3, PETSC_COMM_WORLD, PETSC_ERR_ARG_OUTOFRANGE, "-dim must be 2 or 3, got %" PetscInt_FMT, dim);
   if (dim == 2) {
     PetscCall(DMDACreate2d(PETSC_COMM_WORLD, DM_BOUNDARY_NONE, DM_BOUNDARY_NONE, DMDA_STENCIL_STAR, n, n,
@@ -72,6 +77,10 @@ int main(int argc, char **argv)
 
   PetscCall(KSPCreate(PETSC_COMM_WORLD, &ksp));
   PetscCall(KSPSetOperators(ksp, A, A));
+  if (set_ksp_dm) {
+    PetscCall(KSPSetDM(ksp, da));
+    PetscCall(KSPSetDMActive(ksp, PETSC_FALSE));
+  }
   PetscCall(KSPSetType(ksp, KSPCG));
   PetscCall(KSPSetTolerances(ksp, 1e-8, PETSC_DEFAULT, PETSC_DEFAULT, PETSC_DEFAULT));
   PetscCall(KSPSetFromOptions(ksp));

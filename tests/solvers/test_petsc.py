@@ -211,3 +211,125 @@ def test_bad_inputs(mpi_ctx):
     with pytest.raises(ValueError, match="grid"):
         P.PetscMatOperator(mat, grid).apply(GridTensor.zeros(other, dtype=torch.float64))
     mat.destroy()
+
+
+# ---- PetscPC: any PETSc PC in deepkrylov's own iterations ------------------------------------------------------
+def _scene(ctx, n=12):
+    from deepkrylov.solvers.problems import scene_problem
+
+    A, b = scene_problem(n, 3, "smoke")
+    grid = ProcessGrid(ctx, A.grid.shape)
+    return A, b, GridTensor.from_global(b, grid)
+
+
+@pytest.mark.parametrize("pc_type", ["icc", "jacobi"])
+def test_petsc_pc_in_our_cg_equals_kspcg(mpi_ctx, pc_type):
+    """cg(A, b, M=PetscPC(A, "icc")) takes the iterations of PETSc's KSPCG+ICC (block Jacobi + ICC on several
+    ranks, as petsc_solve) on the smoke scene, for a deepkrylov mesh operator; on one rank also with plain tensors."""
+    A, b, bt = _scene(mpi_ctx)
+    base = P.petsc_solve(A, bt, pc_type=pc_type, rtol=1e-8)
+    M = P.PetscPC(A, pc_type)
+    try:
+        ours = cg(A, bt, M=M, rtol=1e-8)
+        assert base.converged and ours.converged, (base, ours)
+        assert abs(ours.iterations - base.iterations) <= 1, (ours.iterations, base.iterations)
+        assert M.setup_time is not None and M.setup_time > 0 and M.is_symmetric is True
+        x = ours.x.gather()
+        np.testing.assert_allclose(x.numpy(), base.x.gather().numpy(), rtol=0, atol=1e-6 * float(x.abs().max()))
+        if mpi_ctx.size == 1:
+            plain = cg(A, b, M=P.PetscPC(A, pc_type), rtol=1e-8)  # tensors (1, 1, z, y, x), no GridTensor
+            assert plain.iterations == ours.iterations
+            torch.testing.assert_close(plain.x, x, rtol=0, atol=1e-12)
+    finally:
+        M.close()
+
+
+@pytest.mark.parametrize("pc_type", ["jacobi", "icc", "gamg", "hypre"])
+def test_petsc_pc_symmetric_where_claimed(mpi_ctx, pc_type):
+    """<M u, v> = <u, M v> for the types PetscPC reports symmetric, and M is positive (<M u, u> > 0)."""
+    A, b, bt = _scene(mpi_ctx, 10)
+    M = P.PetscPC(A, pc_type, grid=bt.grid)
+    assert M.is_symmetric is True and M.setup_time is not None  # grid given: set up in the constructor
+    g = torch.Generator().manual_seed(5)
+    u, v = (GridTensor.from_global(torch.randn(b.shape, generator=g, dtype=torch.float64), bt.grid) for _ in range(2))
+    Mu, Mv = M.apply(u), M.apply(v)
+    lhs, rhs_ = float(Mu.dot(v)), float(u.dot(Mv))
+    assert abs(lhs - rhs_) <= 1e-10 * abs(lhs), (lhs, rhs_)
+    assert float(Mu.dot(u)) > 0
+    M.close()
+
+
+def test_petsc_pc_inputs_options_and_errors(mpi_ctx):
+    A, b, bt = _scene(mpi_ctx, 8)
+    grid = bt.grid
+    mat = P.assemble_aij(A, grid)
+    op = P.PetscMatOperator(mat, grid)
+    ref = P.PetscPC(A, "icc")
+    z_ref = ref.apply(bt)
+    for src in (op, mat):  # a PetscMatOperator or a PETSc Mat: used as is, not assembled again
+        M = P.PetscPC(src, "icc", grid=grid)
+        assert M.pc.getOperators()[0].handle == mat.handle
+        torch.testing.assert_close(M.apply(bt).local, z_ref.local, rtol=1e-13, atol=1e-15)
+        M.close()
+    z32 = ref.apply(bt.to(torch.float32))  # float32 in, float32 out (PETSc computes in float64)
+    assert z32.dtype == torch.float32
+    torch.testing.assert_close(z32.local, z_ref.local.float(), rtol=1e-5, atol=1e-6)
+    # options under the PC's own prefix; the options database (command line) wins over the code's defaults
+    opts = PETSc.Options()
+    opts.setValue("dktest_pc_type", "jacobi")
+    try:
+        M = P.PetscPC(A, "gamg", prefix="dktest_", grid=grid)
+        assert M.pc.getType() == "jacobi"
+        torch.testing.assert_close(M.apply(bt).local, bt.local / op.diagonal().local, rtol=1e-14, atol=0)
+        M.close()
+    finally:
+        opts.delValue("dktest_pc_type")
+    M = P.PetscPC(A, "hypre", options={"pc_hypre_boomeramg_max_iter": 3}, grid=grid)
+    assert M.pc.getType() == "hypre"
+    M.close()
+    with pytest.raises(ValueError, match="pc_type must be a PETSc PC type.*'magic'"):
+        P.PetscPC(A, "magic")
+    with pytest.raises(TypeError, match="needs an assembled matrix"):
+        P.PetscPC(lambda x: x, "icc")
+    other = ProcessGrid(mpi_ctx, (8, 8, 10))
+    with pytest.raises(ValueError, match="set up on"):
+        ref.apply(GridTensor.zeros(other, dtype=torch.float64))
+    ref.close()
+    with pytest.raises(RuntimeError, match="before setup"):
+        ref.apply(bt)
+    op.close()
+    mat.destroy()
+
+
+def test_plugin_grid_sources(mpi_ctx):
+    """plugin_grid: the KSP's DMDA, else the vector's, else -<prefix>deepkrylov_grid (x first), else the 1D layout;
+    a plugin that needs 3D and finds none says which option to give; a DMDA and the option must agree."""
+    grid = ProcessGrid(mpi_ctx, (6, 4, 8))
+    comm = P.petsc_comm(grid)
+    vec = PETSc.Vec().createMPI((int(np.prod(grid.local_shape)), 192), comm=comm)  # no DM
+    ksp = PETSc.KSP().create(comm=comm)
+    ksp.setOptionsPrefix("dkgrid_")
+    opts = PETSc.Options()
+    try:
+        assert P.plugin_grid(ksp, vec).global_shape == (192,)
+        with pytest.raises(ValueError, match=r"needs a 3D grid.*-dkgrid_deepkrylov_grid 64,64,64"):
+            P.plugin_grid(ksp, vec, ndim=3, what="DCDMPC")
+        opts.setValue("dkgrid_deepkrylov_grid", "8,4,6")
+        g = P.plugin_grid(ksp, vec, ndim=3)
+        assert g.global_shape == (6, 4, 8) and g.local_slices == grid.local_slices
+        da = P.create_dmda(grid)
+        ksp.setDM(da)
+        ksp.setDMActive(False)
+        g = P.plugin_grid(ksp, vec, ndim=3)  # the DMDA, agreeing with the option
+        assert (g.global_shape, g.dims, g.local_slices) == (grid.global_shape, grid.dims, grid.local_slices)
+        opts.setValue("dkgrid_deepkrylov_grid", "6,4,8")
+        with pytest.raises(ValueError, match="disagrees with the KSP's DMDA"):
+            P.plugin_grid(ksp, vec)
+        opts.setValue("dkgrid_deepkrylov_grid", "8,x")
+        with pytest.raises(ValueError, match="positive cell counts"):
+            P.plugin_grid(ksp, vec)
+        da.destroy()
+    finally:
+        opts.delValue("dkgrid_deepkrylov_grid")
+        ksp.destroy()
+        vec.destroy()

@@ -110,3 +110,43 @@ def test_python_obstacle_example(ranks):
     petsc = int(re.search(r"PETSc CG\+jacobi: (\d+) iterations", out.stdout)[1])
     assert abs(ours - petsc) <= 1
     assert float(re.search(r"PETSc CG\+gamg .*difference to ours (\S+)", out.stdout)[1]) < 1e-6
+
+
+# ---- DCDMPC from the C program: the grid from the KSP's DMDA or from -deepkrylov_grid ------------------------------
+DCDMPC = ["-dim", "3", "-n", "12", "-ksp_type", "fcg", "-ksp_fcg_mmax", "2", "-pc_type", "python",
+          "-pc_python_type", "deepkrylov.solvers.petsc.DCDMPC", "-ksp_rtol", "1e-6", "-ksp_max_it", "300"]
+
+
+def run_raw(driver: Path, args: list[str], ranks: int = 1, timeout: float = 180) -> subprocess.CompletedProcess:
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    emb = embedding_environment()
+    env["PYTHONPATH"] = emb["PYTHONPATH"]
+    cmd = [str(driver), *args, "-python", emb["python"]]
+    if ranks > 1:
+        cmd = ["mpiexec", "-n", str(ranks), "--allow-run-as-root", "--oversubscribe", *cmd]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def test_dcdm_pc_finds_its_grid_from_the_dm_or_the_option(driver):
+    """The README's DCDMPC line in the C driver, on 1 and 2 ranks: with the DMDA on the KSP (what poisson.c does)
+    and, without it (-set_ksp_dm 0), from -deepkrylov_grid; the same iterations everywhere."""
+    if shutil.which("mpiexec") is None:
+        pytest.skip("mpiexec is not installed")
+    its = {}
+    for ranks in (1, 2):
+        for how, extra in (("dm", []), ("option", ["-set_ksp_dm", "0", "-deepkrylov_grid", "12,12,12"])):
+            out = run(driver, [*DCDMPC, *extra], ranks)
+            assert out["ksp"] == "fcg" and out["reason"] == "CONVERGED_RTOL", out["stdout"]
+            its[ranks, how] = out["its"]
+    assert max(its.values()) - min(its.values()) <= 1, its
+
+
+@pytest.mark.parametrize("ranks", [1, 2])
+def test_dcdm_pc_without_a_grid_is_a_clear_error(driver, ranks):
+    """No DMDA on the KSP and no option: PETSc reports the plugin's error, which names the option; no hang."""
+    if ranks > 1 and shutil.which("mpiexec") is None:
+        pytest.skip("mpiexec is not installed")
+    out = run_raw(driver, [*DCDMPC, "-set_ksp_dm", "0"], ranks, timeout=120)
+    text = out.stdout + out.stderr
+    assert out.returncode != 0, text[-3000:]
+    assert "needs a 3D grid" in text and "-deepkrylov_grid 64,64,64" in text, text[-3000:]
