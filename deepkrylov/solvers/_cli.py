@@ -1,4 +1,9 @@
-"""``deepkrylov solve`` and ``deepkrylov train dcdm``."""
+"""``deepkrylov solve`` and ``deepkrylov train dcdm``.
+
+``solve`` runs each method of :data:`SOLVE_METHODS` (a table of small functions: a new method is one entry) on
+the same problem, shows progress on stderr (rank 0), prints a table, and exits with :data:`EXIT_NOT_CONVERGED`
+when a method did not converge (unless ``--allow-diverged``).
+"""
 
 from __future__ import annotations
 
@@ -6,22 +11,140 @@ import argparse
 import json
 import logging
 import sys
+import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
 
 log = logging.getLogger("deepkrylov.solvers")
 
-METHODS = ("dcdm", "cg", "pcg", "icc", "gamg", "hypre")
+EXIT_NOT_CONVERGED = 3
+"""``deepkrylov solve``'s exit status when a method ended without converging (reason not ``CONVERGED_*``)."""
+
+Callback = Callable[[int, float], None]
+
+
+@dataclass
+class SolveProblem:
+    """What every method of ``deepkrylov solve`` gets: the operator, its SciPy matrix (natural ordering), the
+    right-hand side (a tensor on one rank, a GridTensor on several), the same as a GridTensor, the grid shape and
+    the parsed arguments (``rtol``, ``max_it``, ``model``, ...)."""
+
+    op: Any
+    A_scipy: Any
+    b: Any
+    bg: Any
+    shape: tuple
+    args: argparse.Namespace
+
+
+def _solve_dcdm(p: SolveProblem, callback: Callback) -> Any:
+    from .dcdm import dcdm
+    from .dcdm.model import load_model
+
+    try:
+        model = load_model(p.args.model)
+    except (FileNotFoundError, ValueError) as err:
+        raise SystemExit(f"deepkrylov solve: {err}")
+    if model.dim != len(p.shape):
+        raise SystemExit(f"deepkrylov solve: the DCDM model is {model.dim}D but the problem is {len(p.shape)}D")
+    return dcdm(p.op, p.b, model, rtol=p.args.rtol, max_it=p.args.max_it, callback=callback)
+
+
+def _solve_cg(p: SolveProblem, callback: Callback) -> Any:
+    from .krylov import cg
+
+    return cg(p.op, p.b, rtol=p.args.rtol, max_it=p.args.max_it, callback=callback)
+
+
+def _solve_pcg(p: SolveProblem, callback: Callback) -> Any:
+    from .krylov import cg
+    from .preconditioners import Jacobi
+
+    return cg(p.op, p.b, M=Jacobi(p.op), rtol=p.args.rtol, max_it=p.args.max_it, callback=callback)
+
+
+def _petsc_baseline(pc_type: str) -> Callable[[SolveProblem, Callback], Any]:
+    """PETSc KSPCG with ``pc_type`` on the assembled matrix; None (skipped) when petsc4py is missing."""
+
+    def solve(p: SolveProblem, callback: Callback) -> Any:
+        from .petsc import petsc_available, petsc_solve
+
+        if not petsc_available():
+            log.warning("skipping %s: petsc4py is not installed", pc_type)
+            return None
+        null = p.op.null_space() if getattr(p.op, "singular", False) else False
+        return petsc_solve(p.A_scipy, p.bg, pc_type=pc_type, rtol=p.args.rtol, max_it=p.args.max_it,
+                           null_space=null if null is not None else False, monitor=callback)
+
+    solve.__name__ = f"_solve_petsc_{pc_type}"
+    return solve
+
+
+SOLVE_METHODS: dict[str, Callable[[SolveProblem, Callback], Any]] = {
+    "dcdm": _solve_dcdm,                # the paper's network in the conjugate-direction iteration
+    "cg": _solve_cg,                    # our CG, no preconditioner
+    "pcg": _solve_pcg,                  # our CG with Jacobi
+    "icc": _petsc_baseline("icc"),      # PETSc CG + ICC (block Jacobi + ICC on several ranks)
+    "gamg": _petsc_baseline("gamg"),    # PETSc CG + GAMG
+    "hypre": _petsc_baseline("hypre"),  # PETSc CG + hypre BoomerAMG
+}
+"""``deepkrylov solve``'s methods: name -> ``solve(problem, callback) -> SolveResult`` (None: skipped). Every entry
+passes ``callback(it, rnorm)``, the progress reporter, to its solver."""
+
+METHODS = tuple(SOLVE_METHODS)
+
+
+class _Progress:
+    """One method's progress on stderr (rank 0 only): one line updated in place on a terminal; otherwise a line
+    about every ``interval`` seconds, so a fast method stays quiet and a slow one is never silent."""
+
+    def __init__(self, method: str, index: int, total: int, enabled: bool, interval: float = 2.0) -> None:
+        self.label = f"[{index}/{total}] {method}"
+        self.enabled, self.interval = enabled, interval
+        self.tty = enabled and sys.stderr.isatty()
+        self.t0 = self.last = time.perf_counter()
+        self.r0: Optional[float] = None
+        self.printed = False
+        if self.tty:
+            self._write("set-up")
+
+    def _write(self, text: str, end: bool = False) -> None:
+        line = f"{self.label}: {text} ({time.perf_counter() - self.t0:.1f} s)"
+        if self.tty:
+            sys.stderr.write("\r" + line.ljust(78) + ("\n" if end else ""))
+        else:
+            sys.stderr.write(line + "\n")
+        sys.stderr.flush()
+        self.printed = True
+
+    def __call__(self, it: int, rnorm: float) -> None:
+        if not self.enabled:
+            return
+        if self.r0 is None:
+            self.r0 = rnorm if rnorm > 0 else 1.0
+        now = time.perf_counter()
+        if now - self.last >= self.interval or (self.tty and it == 0):
+            self.last = now
+            self._write(f"iteration {it}, relative residual {rnorm / self.r0:.3e}")
+
+    def done(self, res: Any) -> None:
+        if self.enabled and self.printed:
+            self._write("skipped" if res is None else f"{res.iterations} iterations, {res.reason.name}", end=True)
 
 
 def register(sub: Any, train_sub: Any) -> None:
     p = sub.add_parser(
         "solve", help="solve a pressure-Poisson system with DCDM, CG and PETSc, and compare",
         description="Build a problem (an obstacle scene, a voxel mask, or a matrix and right-hand side from a file), "
-                    "solve it with each chosen method, print iterations, residual and time.",
+                    "solve it with each chosen method, print iterations, residual and time. Progress goes to "
+                    "stderr (rank 0).",
+        epilog=f"exit status: 0 when every method converged; {EXIT_NOT_CONVERGED} when a method did not (reason not "
+               "CONVERGED_*, e.g. DIVERGED_ITS; the table is printed all the same), unless --allow-diverged; 1 on an "
+               "input error (e.g. NaN or Inf in --rhs), with a one-line message; 2 on bad arguments.",
     )
     p.add_argument("--n", type=int, default=64, help="cells per axis (default 64)")
     p.add_argument("--dim", type=int, default=3, choices=(2, 3))
@@ -31,7 +154,10 @@ def register(sub: Any, train_sub: Any) -> None:
     p.add_argument("--rhs", type=Path, help="right-hand side for --matrix: .npy or a PETSc binary Vec")
     p.add_argument("--methods", nargs="+", default=["dcdm", "cg", "icc", "gamg", "hypre"], choices=METHODS)
     p.add_argument("--rtol", type=float, default=1e-6)
-    p.add_argument("--max-it", type=int, default=2000)
+    p.add_argument("--max-it", type=int, default=2000, help="iteration limit of every method (default 2000)")
+    p.add_argument("--allow-diverged", action="store_true",
+                   help=f"exit 0 even when a method does not converge (default: exit {EXIT_NOT_CONVERGED})")
+    p.add_argument("--no-progress", action="store_true", help="no progress lines on stderr")
     p.add_argument("--model", type=Path, help="DCDM model file (default: the shipped model)")
     p.add_argument("--seed", type=int, default=0, help="seed of the right-hand side")
     p.add_argument("--plot", type=Path, help="write the residual histories as a PNG")
@@ -92,12 +218,19 @@ def _load_problem(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     from .problems import scene_problem
 
     if args.matrix is not None:
-        A = _read_matrix(args.matrix)
         if args.rhs is None:
-            raise SystemExit("--matrix needs --rhs")
+            raise SystemExit("deepkrylov solve: --matrix needs --rhs")
+        A = _read_matrix(args.matrix)
         b = _read_vector(args.rhs)
         if A.shape[0] != A.shape[1] or A.shape[0] != b.size:
-            raise SystemExit(f"matrix {A.shape} and right-hand side ({b.size}) do not fit together")
+            raise SystemExit(f"deepkrylov solve: matrix {A.shape} and right-hand side ({b.size}) do not fit together")
+        bad = int(np.count_nonzero(~np.isfinite(b)))
+        if bad:
+            raise SystemExit(f"deepkrylov solve: the right-hand side {args.rhs} has {bad} NaN or Inf entries (of "
+                             f"{b.size}); it must be finite")
+        bad = int(np.count_nonzero(~np.isfinite(A.data)))
+        if bad:
+            raise SystemExit(f"deepkrylov solve: the matrix {args.matrix} has {bad} NaN or Inf entries; it must be finite")
         n = round(b.size ** (1 / args.dim))
         shape = (n,) * args.dim if n**args.dim == b.size else (b.size,)
         bt = torch.from_numpy(b).reshape((1, 1) + shape)
@@ -141,35 +274,19 @@ def _read_vector(path: Path) -> np.ndarray:
 def _cmd_solve(args: argparse.Namespace) -> int:
     from deepkrylov.distributed import GridTensor, ProcessGrid, init
 
-    from .krylov import cg
-    from .preconditioners import Jacobi
-
     ctx = init()
     op, A_scipy, b, shape, what = _load_problem(args)
     grid = ProcessGrid(ctx, shape)
     bg = GridTensor.from_global(b, grid)
     bx = b if ctx.size == 1 else bg  # one rank: plain tensors, no halo machinery
+    problem = SolveProblem(op=op, A_scipy=A_scipy, b=bx, bg=bg, shape=tuple(shape), args=args)
     rows, histories, solutions = [], {}, {}
-    for method in args.methods:
-        if method == "dcdm":
-            from .dcdm import dcdm
-            from .dcdm.model import load_model
-
-            model = load_model(args.model)
-            if model.dim != len(shape):
-                raise SystemExit(f"the DCDM model is {model.dim}D but the problem is {len(shape)}D")
-            res = dcdm(op, bx, model, rtol=args.rtol, max_it=args.max_it)
-        elif method in ("cg", "pcg"):
-            res = cg(op, bx, M=Jacobi(op) if method == "pcg" else None, rtol=args.rtol, max_it=args.max_it)
-        else:
-            from .petsc import petsc_available, petsc_solve
-
-            if not petsc_available():
-                log.warning("skipping %s: petsc4py is not installed", method)
-                continue
-            null = op.null_space() if getattr(op, "singular", False) else False
-            res = petsc_solve(A_scipy, bg, pc_type=method, rtol=args.rtol, max_it=args.max_it,
-                              null_space=null if null is not None else False)
+    for i, method in enumerate(args.methods, 1):
+        progress = _Progress(method, i, len(args.methods), enabled=ctx.is_root and not args.no_progress)
+        res = SOLVE_METHODS[method](problem, progress)
+        progress.done(res)
+        if res is None:
+            continue
         x = res.x if isinstance(res.x, GridTensor) else GridTensor.from_global(res.x, grid)
         true_res = float((bg - op.apply(x)).norm() / bg.norm())
         rows.append({"method": method, "iterations": res.iterations, "reason": res.reason.name,
@@ -178,8 +295,10 @@ def _cmd_solve(args: argparse.Namespace) -> int:
         histories[method] = res.residual_norms
         if args.save is not None:
             solutions[method] = x.gather(root=0)
+    failed = [r for r in rows if not r["reason"].startswith("CONVERGED")]
+    status = EXIT_NOT_CONVERGED if failed and not args.allow_diverged else 0
     if not ctx.is_root:
-        return 0
+        return status
     print(f"{what}, {ctx.size} rank(s), rtol {args.rtol:g}")
     print(f"{'method':<8} {'its':>6} {'rel. residual':>14} {'time (s)':>10} {'s/it':>10}  reason")
     for r in rows:
@@ -192,7 +311,12 @@ def _cmd_solve(args: argparse.Namespace) -> int:
                  **{f"residuals_{k}": np.array(h) for k, h in histories.items()})
     if args.plot:
         _plot(histories, args.plot, what)
-    return 0
+    if failed:
+        names = ", ".join(f"{r['method']} ({r['reason']} after {r['iterations']} iterations)" for r in failed)
+        hint = " (--allow-diverged: exit 0)" if status else ""
+        sys.stderr.write(f"deepkrylov solve: not converged: {names}{hint}\n")
+    sys.stdout.flush()
+    return status
 
 
 def _plot(histories: dict, path: Path, title: str) -> None:
