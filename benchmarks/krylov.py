@@ -25,6 +25,14 @@ count. Measured per size and rank count:
 
 The operator: ``deepkrylov.mesh``'s matrix-free 7-point Laplacian when it is available, else a reference
 implementation here (halo exchange + shifted slices). It is checked against the assembled matrix before timing.
+
+Masked vs uniform (``masked_vs_uniform`` in the JSON; ``--masked-only`` runs just these rows, one process, and
+merges them into the existing JSON): one ``apply_into`` of the 128^3/256^3 smoke-scene pressure operator
+(``scene_problem(n, 3, "smoke")``: unscaled Laplacian, FLUID/SOLID/EMPTY mask, Neumann walls) against the uniform
+Dirichlet Laplacian of the same size, median of ``--reps`` interleaved repetitions; the masked operator's compiled
+form (``compact``: 2 bytes per cell) and, for reference, the same operator through the general seven-array pass
+(what it took before the compact form); and unpreconditioned CG ms/iteration on both (``--fixed-its`` iterations,
+median of 3 solves).
 """
 
 from __future__ import annotations
@@ -185,6 +193,66 @@ def run_worker(sizes: list[int], fixed_its: int) -> list[dict]:
     return rows
 
 
+def masked_rows(sizes: list[int], reps: int, fixed_its: int) -> list[dict]:
+    """The masked (smoke scene) vs uniform apply and CG timings, one process (see the module docstring)."""
+    import statistics
+
+    from deepkrylov.mesh import StructuredGrid, laplacian
+    from deepkrylov.solvers import cg
+    from deepkrylov.solvers.problems import scene_problem
+
+    rows = []
+    for n in sizes:
+        uni = laplacian(StructuredGrid((n,) * 3), scaled=False)
+        masked, b = scene_problem(n, 3, "smoke")
+        x = torch.randn((1, 1, n, n, n), dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+        y = torch.empty_like(x)
+        form = masked.form
+
+        def general() -> None:  # the same operator through the seven-array pass: the masked path before "compact"
+            masked.form = "general"
+            try:
+                masked.apply_into(x, y)
+            finally:
+                masked.form = form
+
+        fns = {"uniform": lambda: uni.apply_into(x, y), "masked": lambda: masked.apply_into(x, y), "general": general}
+        times: dict = {k: [] for k in fns}
+        for f in fns.values():
+            f()
+            f()
+        for _ in range(reps):  # interleaved, so that load from other processes hits all three alike
+            for k, f in fns.items():
+                t0 = time.perf_counter()
+                f()
+                times[k].append(time.perf_counter() - t0)
+        med = {k: 1e3 * statistics.median(v) for k, v in times.items()}
+        its = {"uniform": [], "masked": []}
+        for _ in range(3):
+            for k, A in (("uniform", uni), ("masked", masked)):
+                r = cg(A, b, rtol=1e-30, max_it=fixed_its)
+                its[k].append(1e3 * r.wall_time / r.iterations)
+        rows.append({
+            "n": n, "masked_form": form, "fluid_fraction": float(masked.fluid.float().mean()),
+            "uniform_apply_ms": med["uniform"], "masked_apply_ms": med["masked"], "general_apply_ms": med["general"],
+            "masked_vs_uniform": med["masked"] / med["uniform"], "general_vs_uniform": med["general"] / med["uniform"],
+            "uniform_cg_ms_per_it": statistics.median(its["uniform"]),
+            "masked_cg_ms_per_it": statistics.median(its["masked"]),
+        })
+        del uni, masked, b, x, y
+    return rows
+
+
+def masked_table(rows: list[dict]) -> str:
+    out = ["masked (smoke scene) vs uniform Laplacian, one apply_into, float64:",
+           "n^3   uniform ms  masked ms (form)     x uniform  general-pass ms  x uniform   CG ms/it uniform  masked"]
+    for r in rows:
+        out.append(f"{r['n']:>4}  {r['uniform_apply_ms']:10.2f}  {r['masked_apply_ms']:9.2f} ({r['masked_form']:<7})"
+                   f"  {r['masked_vs_uniform']:9.2f}  {r['general_apply_ms']:15.2f}  {r['general_vs_uniform']:9.2f}"
+                   f"   {r['uniform_cg_ms_per_it']:16.2f}  {r['masked_cg_ms_per_it']:6.2f}")
+    return "\n".join(out)
+
+
 def table(rows: list[dict]) -> str:
     out = ["n^3   ranks  copy GB/s  DRAM GB/s  stencil GB/s (x copy, x DRAM)  ours ms/it  fused ms/it  PETSc ms/it"
            "  speedup  best vs 14-pass bound (copy, DRAM)"]
@@ -212,8 +280,23 @@ def main() -> None:
     ap.add_argument("--fixed-its", type=int, default=50)
     ap.add_argument("--threads", type=int, default=1, help="torch threads per rank (PETSc is single-threaded)")
     ap.add_argument("--worker", action="store_true", help="run on the current ranks and print JSON rows")
+    ap.add_argument("--masked-only", action="store_true",
+                    help="only the masked-vs-uniform apply rows (one process), merged into the existing JSON")
+    ap.add_argument("--reps", type=int, default=21, help="repetitions of each apply in the masked-vs-uniform rows")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    masked_meta = {"torch_threads": args.threads, "reps": args.reps, "fixed_its": args.fixed_its,
+                   "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    if args.masked_only:
+        mrows = masked_rows(args.sizes, args.reps, args.fixed_its)
+        print(masked_table(mrows))
+        path = RESULTS / "krylov.json"
+        data = json.loads(path.read_text()) if path.exists() else {}
+        data["masked_vs_uniform"] = {"meta": masked_meta, "rows": mrows}
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(data, indent=1))
+        print(f"merged into {path}")
+        return
     if args.worker:
         rows = run_worker(args.sizes, args.fixed_its)
         if int(os.environ.get("OMPI_COMM_WORLD_RANK", os.environ.get("PMI_RANK", "0"))) == 0:
@@ -232,11 +315,15 @@ def main() -> None:
         line = next(ln for ln in out.stdout.splitlines() if ln.startswith("JSON:"))
         rows += json.loads(line[5:])
     print(table(rows))
+    mrows = masked_rows(args.sizes, args.reps, args.fixed_its)
+    print()
+    print(masked_table(mrows))
     RESULTS.mkdir(parents=True, exist_ok=True)
     meta = {"machine": platform.node(), "cpus": os.cpu_count(), "torch": torch.__version__,
             "torch_threads": args.threads, "fixed_its": args.fixed_its,
             "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    (RESULTS / "krylov.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+    (RESULTS / "krylov.json").write_text(json.dumps(
+        {"meta": meta, "rows": rows, "masked_vs_uniform": {"meta": masked_meta, "rows": mrows}}, indent=1))
     print(f"wrote {RESULTS / 'krylov.json'}")
 
 
