@@ -30,7 +30,7 @@ def run(n: int, scene: str, seed: int, method: str, ranks: int, rtol: float, max
     out, save = tmp / "solve.json", tmp / "solve.npz"
     cmd = [sys.executable, "-m", "deepkrylov.cli", "solve", "--n", str(n), "--scene", scene, "--scene-seed", str(seed),
            "--rtol", str(rtol), "--max-it", str(max_it), "--methods", method, "--json", str(out), "--save", str(save),
-           "--allow-diverged", "--quiet"]
+           "--allow-diverged", "--no-progress"]
     if ranks > 1:
         cmd = MPIEXEC + ["-n", str(ranks)] + cmd
     proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"))

@@ -34,11 +34,18 @@ class SolveProblem:
     the parsed arguments (``rtol``, ``max_it``, ``model``, ...)."""
 
     op: Any
-    A_scipy: Any
+    matrix: Any
     b: Any
     bg: Any
     shape: tuple
     args: argparse.Namespace
+
+    @property
+    def A_scipy(self) -> Any:
+        """The SciPy matrix, assembled on first use (only the PETSc baselines need it)."""
+        if callable(self.matrix):
+            self.matrix = self.matrix()
+        return self.matrix
 
 
 def _solve_dcdm(p: SolveProblem, callback: Callback) -> Any:
@@ -84,7 +91,43 @@ def _petsc_baseline(pc_type: str) -> Callable[[SolveProblem, Callback], Any]:
     return solve
 
 
+def _grid_operator(p: SolveProblem, method: str) -> Any:
+    from deepkrylov.mesh import DiffusionOperator
+
+    if not isinstance(p.op, DiffusionOperator):
+        raise SystemExit(f"deepkrylov solve: {method} needs a grid problem (--scene or --mask), not --matrix")
+    return p.op
+
+
+def _solve_mg(p: SolveProblem, callback: Callback) -> Any:
+    from .krylov import cg
+    from .multigrid import Multigrid
+
+    op = _grid_operator(p, "mg")
+    M = Multigrid().setup(op, p.bg.grid if p.bg.grid.size > 1 else None)
+    res = cg(op, p.b, M=M, rtol=p.args.rtol, max_it=p.args.max_it, callback=callback)
+    res.info["setup_time"] = M.setup_time
+    return res
+
+
+def _solve_learned(p: SolveProblem, callback: Callback) -> Any:
+    from .krylov import cg
+    from .learned_multigrid import LearnedMultigrid, load_stencil_net
+
+    op = _grid_operator(p, "learned")
+    try:
+        net = load_stencil_net(p.args.learned_model)
+        M = LearnedMultigrid(net=net).setup(op, p.bg.grid if p.bg.grid.size > 1 else None)
+    except (FileNotFoundError, ValueError) as err:
+        raise SystemExit(f"deepkrylov solve: {err}")
+    res = cg(op, p.b, M=M, rtol=p.args.rtol, max_it=p.args.max_it, callback=callback)
+    res.info["setup_time"] = M.setup_time
+    return res
+
+
 SOLVE_METHODS: dict[str, Callable[[SolveProblem, Callback], Any]] = {
+    "learned": _solve_learned,          # PCG with the learned multigrid (stencils predicted from the geometry)
+    "mg": _solve_mg,                    # PCG with the geometric multigrid V-cycle
     "dcdm": _solve_dcdm,                # the paper's network in the conjugate-direction iteration
     "cg": _solve_cg,                    # our CG, no preconditioner
     "pcg": _solve_pcg,                  # our CG with Jacobi
@@ -148,17 +191,22 @@ def register(sub: Any, train_sub: Any) -> None:
     )
     p.add_argument("--n", type=int, default=64, help="cells per axis (default 64)")
     p.add_argument("--dim", type=int, default=3, choices=(2, 3))
-    p.add_argument("--scene", default="smoke", choices=("smoke", "box"), help="built-in scene (default smoke)")
+    p.add_argument("--scene", default="smoke", choices=("smoke", "box", "random"),
+                   help="built-in scene (default smoke; random: random obstacles, --scene-seed)")
+    p.add_argument("--scene-seed", type=int, default=900001,
+                   help="seed of --scene random (training used seeds below 900000; default 900001)")
     p.add_argument("--mask", type=Path, help="voxel mask .npy (0 fluid, 1 solid, 2 empty) instead of a scene")
     p.add_argument("--matrix", type=Path, help="matrix: .npz (scipy.sparse.save_npz) or a PETSc binary Mat")
     p.add_argument("--rhs", type=Path, help="right-hand side for --matrix: .npy or a PETSc binary Vec")
-    p.add_argument("--methods", nargs="+", default=["dcdm", "cg", "icc", "gamg", "hypre"], choices=METHODS)
+    p.add_argument("--methods", nargs="+", default=["learned", "mg", "pcg", "icc", "gamg", "hypre"], choices=METHODS,
+                   help="default: learned mg pcg icc gamg hypre (dcdm, the paper's network, is slow above 32^3)")
     p.add_argument("--rtol", type=float, default=1e-6)
     p.add_argument("--max-it", type=int, default=2000, help="iteration limit of every method (default 2000)")
     p.add_argument("--allow-diverged", action="store_true",
                    help=f"exit 0 even when a method does not converge (default: exit {EXIT_NOT_CONVERGED})")
     p.add_argument("--no-progress", action="store_true", help="no progress lines on stderr")
     p.add_argument("--model", type=Path, help="DCDM model file (default: the shipped model)")
+    p.add_argument("--learned-model", type=Path, help="learned multigrid weights (default: the shipped ones)")
     p.add_argument("--seed", type=int, default=0, help="seed of the right-hand side")
     p.add_argument("--plot", type=Path, help="write the residual histories as a PNG")
     p.add_argument("--save", type=Path, help="write the solutions and histories as .npz")
@@ -242,9 +290,15 @@ def _load_problem(args: argparse.Namespace):  # type: ignore[no-untyped-def]
         vox = np.load(args.mask)
         mask = mask_from_voxels(vox, StructuredGrid(vox.shape))
         args.n, args.dim = vox.shape[0], vox.ndim
+    elif args.scene == "random":
+        from .problems import random_scene
+
+        mask = random_scene(args.n, args.dim, seed=args.scene_seed)
     A, b = scene_problem(args.n, args.dim, args.scene, seed=args.seed, mask=mask)
-    what = f"{args.mask.name if mask is not None else args.scene} scene, {'x'.join([str(args.n)] * args.dim)}"
-    return A, A.to_scipy(), b, A.grid.shape, what
+    name = args.mask.name if args.mask is not None else (
+        f"random scene {args.scene_seed}" if args.scene == "random" else f"{args.scene} scene")
+    what = f"{name}, {'x'.join([str(args.n)] * args.dim)}"
+    return A, A.to_scipy, b, A.grid.shape, what
 
 
 def _read_matrix(path: Path):  # type: ignore[no-untyped-def]
@@ -279,19 +333,23 @@ def _cmd_solve(args: argparse.Namespace) -> int:
     grid = ProcessGrid(ctx, shape)
     bg = GridTensor.from_global(b, grid)
     bx = b if ctx.size == 1 else bg  # one rank: plain tensors, no halo machinery
-    problem = SolveProblem(op=op, A_scipy=A_scipy, b=bx, bg=bg, shape=tuple(shape), args=args)
+    problem = SolveProblem(op=op, matrix=A_scipy, b=bx, bg=bg, shape=tuple(shape), args=args)
     rows, histories, solutions = [], {}, {}
     for i, method in enumerate(args.methods, 1):
         progress = _Progress(method, i, len(args.methods), enabled=ctx.is_root and not args.no_progress)
+        t0 = time.perf_counter()
         res = SOLVE_METHODS[method](problem, progress)
+        total = time.perf_counter() - t0
         progress.done(res)
         if res is None:
             continue
         x = res.x if isinstance(res.x, GridTensor) else GridTensor.from_global(res.x, grid)
         true_res = float((bg - op.apply(x)).norm() / bg.norm())
+        solve = res.info.get("solve_time", res.wall_time)
         rows.append({"method": method, "iterations": res.iterations, "reason": res.reason.name,
-                     "relative_residual": true_res, "seconds": res.wall_time,
-                     "seconds_per_iteration": res.wall_time / max(res.iterations, 1)})
+                     "relative_residual": true_res, "seconds": total, "setup_seconds": total - solve,
+                     "solve_seconds": solve, "total_seconds": total,
+                     "seconds_per_iteration": solve / max(res.iterations, 1), "peak_rss_mb": _peak_rss_mb(ctx)})
         histories[method] = res.residual_norms
         if args.save is not None:
             solutions[method] = x.gather(root=0)
@@ -300,10 +358,11 @@ def _cmd_solve(args: argparse.Namespace) -> int:
     if not ctx.is_root:
         return status
     print(f"{what}, {ctx.size} rank(s), rtol {args.rtol:g}")
-    print(f"{'method':<8} {'its':>6} {'rel. residual':>14} {'time (s)':>10} {'s/it':>10}  reason")
+    print(f"{'method':<8} {'its':>6} {'rel. residual':>14} {'set-up s':>9} {'solve s':>9} {'total s':>9} {'s/it':>9}"
+          f"  reason")
     for r in rows:
-        print(f"{r['method']:<8} {r['iterations']:>6} {r['relative_residual']:>14.3e} {r['seconds']:>10.3f} "
-              f"{r['seconds_per_iteration']:>10.2e}  {r['reason']}")
+        print(f"{r['method']:<8} {r['iterations']:>6} {r['relative_residual']:>14.3e} {r['setup_seconds']:>9.3f} "
+              f"{r['solve_seconds']:>9.3f} {r['total_seconds']:>9.3f} {r['seconds_per_iteration']:>9.2e}  {r['reason']}")
     if args.json:
         args.json.write_text(json.dumps({"problem": what, "ranks": ctx.size, "rtol": args.rtol, "rows": rows}, indent=2))
     if args.save:
@@ -317,6 +376,14 @@ def _cmd_solve(args: argparse.Namespace) -> int:
         sys.stderr.write(f"deepkrylov solve: not converged: {names}{hint}\n")
     sys.stdout.flush()
     return status
+
+
+def _peak_rss_mb(ctx: Any) -> float:
+    """This process's resident-memory high-water mark in MB, the largest over the ranks."""
+    import resource
+
+    mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    return max(ctx.comm.allgather_object(mb)) if ctx.size > 1 else mb
 
 
 def _plot(histories: dict, path: Path, title: str) -> None:

@@ -218,35 +218,32 @@ class LearnedMultigrid(Multigrid):
             lev._cache = {k: v for k, v in lev._cache.items() if k[0] != "weight"}
             lev.stencil_pad = _StencilPad(lev)
 
-    # the cycle, with the learned pieces in place of the smoother and the plain transfers
-    def _smooth_pre(self, lev: _Level, f: torch.Tensor) -> torch.Tensor:
-        u = None
+    # the learned pieces in place of the classical smoother, and the correction weight
+    def _functional(self, f: torch.Tensor) -> bool:
+        return torch.is_grad_enabled() and any(p.requires_grad for p in self.net.parameters())
+
+    def _correction_weight(self, lev: _Level, f: torch.Tensor) -> Optional[torch.Tensor]:
+        return lev.typed("weight", f)
+
+    def _pre_smooth(self, lev: _Level, f: torch.Tensor, u: Optional[torch.Tensor], r: Optional[torch.Tensor],
+                    d: Optional[torch.Tensor]) -> torch.Tensor:
         for k, w in enumerate(lev.stencils):
-            r = f if u is None else f - lev.apply(u)
-            z = lev.stencil_pad.apply(w, r)
-            u = z if u is None else u.add_(z)
+            if k == 0:
+                u = lev.stencil_pad.apply(w, f, u)
+            else:
+                r = lev.residual(f, u, r)
+                d = lev.stencil_pad.apply(w, r, d)
+                u = u + d if d.requires_grad else u.add_(d)
         return u
 
-    def _smooth_post(self, lev: _Level, f: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    def _post_smooth(self, lev: _Level, f: torch.Tensor, u: torch.Tensor, r: Optional[torch.Tensor],
+                     d: Optional[torch.Tensor]) -> torch.Tensor:
+        functional = r is None or r.requires_grad
         for w in reversed(lev.transposes):
-            u = u.add_(lev.stencil_pad.apply(w, f - lev.apply(u)))
+            r = lev.residual(f, u, None if functional else r)
+            d = lev.stencil_pad.apply(w, r, None if functional else d)
+            u = u + d if functional else u.add_(d)
         return u
-
-    def _cycle(self, i: int, f: torch.Tensor) -> torch.Tensor:
-        lev = self._levels[i]
-        if i == len(self._levels) - 1:
-            return self._coarse_solve(lev, f)
-        u = self._smooth_pre(lev, f)
-        r = (f - lev.apply(u)).mul_(lev.typed("weight", f))
-        t = self._transfers[i]
-        if lev.grid is not None and t.fine is not lev:
-            sl = (slice(None), slice(None)) + lev.grid.local_slices
-            uc = self._cycle(i + 1, t.restrict(GridTensor(r, lev.grid).gather()))
-            u.add_(t.prolong(uc)[sl].mul_(lev.typed("weight", f)))
-        else:
-            uc = self._cycle(i + 1, t.restrict(r))
-            u.add_(t.prolong(uc).mul_(lev.typed("weight", f)))
-        return self._smooth_post(lev, f, u)
 
     def __repr__(self) -> str:
         shapes = " -> ".join("x".join(map(str, s)) for s in getattr(self, "shapes", []))
@@ -273,7 +270,8 @@ class _StencilPad:
         self.lev = lev
         self.nd = lev.nd
 
-    def apply(self, w: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    def apply(self, w: torch.Tensor, x: torch.Tensor, out: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``w`` applied to ``x``, into ``out`` (None: a new, differentiable tensor)."""
         nd = self.nd
         lev = self.lev
         if lev.grid is not None:
@@ -283,10 +281,11 @@ class _StencilPad:
         w = w.to(dtype=x.dtype)
         lead = p.dim() - nd
         inner = [slice(1, -1)] * nd
-        y = x * w[0]
+        y = torch.mul(x, w[0], out=out)
         for a in range(nd):
             for j, start in enumerate((0, 2)):
                 idx = list(inner)
                 idx[a] = slice(start, start + x.shape[lead + a])
-                y.addcmul_(w[1 + 2 * a + j], p[(Ellipsis,) + tuple(idx)])
+                y = y.addcmul_(w[1 + 2 * a + j], p[(Ellipsis,) + tuple(idx)]) if out is not None else \
+                    y + w[1 + 2 * a + j] * p[(Ellipsis,) + tuple(idx)]
         return y

@@ -120,6 +120,25 @@ class _Level:
             return self.A.apply(x)
         return self.A.apply(GridTensor(x, self.grid)).local
 
+    def residual(self, f: torch.Tensor, u: torch.Tensor, out: Optional[torch.Tensor]) -> torch.Tensor:
+        """``f - A u``, into ``out`` (None: a new, differentiable tensor)."""
+        if out is None:
+            return f - self.apply(u)
+        if self.grid is None:
+            self.A.apply_into(u, out)
+        else:
+            self.A.apply_into(GridTensor(u, self.grid), GridTensor(out, self.grid))
+        return torch.sub(f, out, out=out)
+
+    def work(self, like: torch.Tensor, count: int) -> list[torch.Tensor]:
+        """``count`` scratch fields shaped like ``like``, kept between cycles (a fresh large tensor costs page
+        faults comparable to an operator application)."""
+        key = ("work", tuple(like.shape), like.dtype, like.device)
+        bufs = self._cache.setdefault(key, [])
+        while len(bufs) < count:
+            bufs.append(torch.empty_like(like, memory_format=torch.contiguous_format))
+        return bufs[:count]
+
     def pad(self, x: torch.Tensor) -> torch.Tensor:
         """``x`` padded by one cell: neighbours' cells inside, and at the domain's faces the ghost the boundary
         condition implies for a cell-centred field: wrapped (periodic), ``-x`` (Dirichlet: zero on the face), zero
@@ -184,6 +203,17 @@ class _Transfer:
     def prolong(self, xc: torch.Tensor) -> torch.Tensor:
         p = self.coarse.pad(xc * self.typed("value", xc))
         return _interpolate(p, self.fine.nd).mul_(self.typed("scale", xc))
+
+    def prolong_add(self, xc: torch.Tensor, u: torch.Tensor, weight: Optional[torch.Tensor] = None,
+                    block: Optional[tuple] = None) -> torch.Tensor:
+        """``u + weight P xc`` (in place unless autograd needs a new tensor); ``block``: the slice of the whole
+        fine grid that ``u`` holds."""
+        q = self.prolong(xc)
+        if block is not None:
+            q = q[block]
+        if weight is not None:
+            q = q * weight
+        return u + q if u.requires_grad or q.requires_grad else u.add_(q)
 
     def restrict(self, r: torch.Tensor) -> torch.Tensor:
         q = self.fine.pad(r * self.typed("scale", r))
@@ -302,60 +332,114 @@ class Multigrid(Preconditioner):
 
     # ---- application ----------------------------------------------------------------------------------------
     def apply(self, r: Field) -> Field:
+        out = r.zeros_like() if isinstance(r, GridTensor) else torch.empty_like(r, memory_format=torch.contiguous_format)
+        return self.apply_into(r, out)
+
+    def apply_into(self, r: Field, out: Field) -> Field:
+        """``out = M r`` (one V-cycle) into a preallocated ``out`` of ``r``'s shape."""
         if not self.is_setup:
             raise RuntimeError("Multigrid.apply before setup(A): pass the operator to Multigrid(A) or to the solver")
         if isinstance(r, GridTensor):
             if r.grid.size > 1 and r.grid != self._grid:
                 self._build(r.grid)
-            z = self._cycle(0, r.local)
-            return r.with_local(z)
+            elif r.grid.size == 1 and self._grid is not None:
+                self._build(None)
+            self._top(r.local, out.local)
+            return out
         nd = len(self.shapes[0])
         if tuple(r.shape[-nd:]) != self.shapes[0]:
             raise ValueError(f"field of shape {tuple(r.shape)} does not end with the grid's shape {self.shapes[0]}")
         if self._grid is not None:
             self._build(None)
-        lead = r.shape[:-nd]
-        z = self._cycle(0, r.reshape((-1, 1) + self.shapes[0]))
-        return z.reshape(lead + self.shapes[0])
+        shape = (-1, 1) + self.shapes[0]
+        self._top(r.reshape(shape), out.view(shape))
+        return out
 
-    def _smooth(self, lev: _Level, f: torch.Tensor, u: Optional[torch.Tensor]) -> torch.Tensor:
-        """``degree`` steps of the smoother from ``u`` (None: zero)."""
-        dinv = lev.typed("inv_diag", f)
-        if self.smoother == "jacobi":
-            for _ in range(self.degree):
-                r = f if u is None else f - lev.apply(u)
-                u = r * dinv * self.omega if u is None else u.add_(r.mul_(dinv), alpha=self.omega)
-            return u
+    def _top(self, f: torch.Tensor, out: torch.Tensor) -> None:
+        z = self._cycle(0, f.contiguous(), None if self._functional(f) else out)
+        if z is not out:
+            out.copy_(z)
+
+    def _functional(self, f: torch.Tensor) -> bool:
+        """Whether the cycle must build an autograd graph (no scratch buffers, no in-place updates)."""
+        return False
+
+    def _cycle(self, i: int, f: torch.Tensor, out: Optional[torch.Tensor] = None) -> torch.Tensor:
+        lev = self._levels[i]
+        if i == len(self._levels) - 1:
+            z = self._coarse_solve(lev, f)
+            return z if out is None else out.copy_(z)
+        functional = self._functional(f)
+        if functional:
+            u, r, d = None, None, None
+        elif out is None:
+            u, r, d = lev.work(f, 3)
+        else:
+            u, (r, d) = out, lev.work(f, 2)
+        u = self._pre_smooth(lev, f, u, r, d)
+        r = lev.residual(f, u, r)
+        weight = self._correction_weight(lev, f)
+        if weight is not None:
+            r = r * weight if functional else r.mul_(weight)
+        t = self._transfers[i]
+        if lev.grid is not None and t.fine is not lev:  # coarse level whole: gather this level's residual
+            uc = self._cycle(i + 1, t.restrict(GridTensor(r, lev.grid).gather()))
+            u = t.prolong_add(uc, u, weight, (slice(None), slice(None)) + lev.grid.local_slices)
+        else:
+            u = t.prolong_add(self._cycle(i + 1, t.restrict(r)), u, weight)
+        return self._post_smooth(lev, f, u, r, d)
+
+    def _correction_weight(self, lev: _Level, f: torch.Tensor) -> Optional[torch.Tensor]:
+        return None
+
+    def _chebyshev(self) -> tuple[float, float, float]:
         lo, hi = self._cheb
         theta, delta = (hi + lo) / 2, (hi - lo) / 2
-        sigma = theta / delta
-        rho = 1.0 / sigma
-        r = f if u is None else f - lev.apply(u)
-        d = r * dinv / theta
-        u = d.clone() if u is None else u.add_(d)
+        return theta, delta, theta / delta
+
+    def _pre_smooth(self, lev: _Level, f: torch.Tensor, u: Optional[torch.Tensor], r: Optional[torch.Tensor],
+                    d: Optional[torch.Tensor]) -> torch.Tensor:
+        """``degree`` smoothing steps from zero, into ``u`` (scratch ``r``, ``d``; None: new tensors)."""
+        dinv = lev.typed("inv_diag", f)
+        if self.smoother == "jacobi":
+            u = torch.mul(f, dinv, out=u).mul_(self.omega)
+            return self._jacobi(lev, f, u, r, self.degree - 1)
+        theta, delta, sigma = self._chebyshev()
+        d = torch.mul(f, dinv, out=d).mul_(1.0 / theta)
+        u = u.copy_(d) if u is not None else d.clone()
+        return self._chebyshev_steps(lev, f, u, r, d, 1.0 / sigma)
+
+    def _post_smooth(self, lev: _Level, f: torch.Tensor, u: torch.Tensor, r: torch.Tensor,
+                     d: torch.Tensor) -> torch.Tensor:
+        """The same smoothing steps from ``u`` (scratch ``r``, ``d``)."""
+        if self.smoother == "jacobi":
+            return self._jacobi(lev, f, u, r, self.degree)
+        theta, delta, sigma = self._chebyshev()
+        r = lev.residual(f, u, r).mul_(lev.typed("inv_diag", f))
+        d = torch.mul(r, 1.0 / theta, out=d)
+        u.add_(d)
+        return self._chebyshev_steps(lev, f, u, r, d, 1.0 / sigma)
+
+    def _jacobi(self, lev: _Level, f: torch.Tensor, u: torch.Tensor, r: Optional[torch.Tensor], steps: int,
+                ) -> torch.Tensor:
+        dinv = lev.typed("inv_diag", f)
+        for _ in range(steps):
+            r = lev.residual(f, u, r)
+            u.addcmul_(r, dinv, value=self.omega)
+        return u
+
+    def _chebyshev_steps(self, lev: _Level, f: torch.Tensor, u: torch.Tensor, r: Optional[torch.Tensor],
+                         d: torch.Tensor, rho: float) -> torch.Tensor:
+        """The remaining ``degree - 1`` steps of the Chebyshev recurrence (Saad, Alg. 12.1) on ``D^-1 A``."""
+        theta, delta, sigma = self._chebyshev()
+        dinv = lev.typed("inv_diag", f)
         for _ in range(self.degree - 1):
-            r = f - lev.apply(u)
+            r = lev.residual(f, u, r).mul_(dinv)
             rho_new = 1.0 / (2 * sigma - rho)
-            d = d.mul_(rho_new * rho).add_(r.mul_(dinv), alpha=2 * rho_new / delta)
+            d.mul_(rho_new * rho).add_(r, alpha=2 * rho_new / delta)
             u.add_(d)
             rho = rho_new
         return u
-
-    def _cycle(self, i: int, f: torch.Tensor) -> torch.Tensor:
-        lev = self._levels[i]
-        if i == len(self._levels) - 1:
-            return self._coarse_solve(lev, f)
-        u = self._smooth(lev, f, None)
-        r = f - lev.apply(u)
-        t = self._transfers[i]
-        if lev.grid is not None and t.fine is not lev:  # coarse level whole: gather this level's residual
-            sl = (slice(None), slice(None)) + lev.grid.local_slices
-            uc = self._cycle(i + 1, t.restrict(GridTensor(r, lev.grid).gather()))
-            u.add_(t.prolong(uc)[sl])
-            return self._smooth(lev, f, u)
-        uc = self._cycle(i + 1, t.restrict(r))
-        u.add_(t.prolong(uc))
-        return self._smooth(lev, f, u)
 
     def _coarse_solve(self, lev: _Level, f: torch.Tensor) -> torch.Tensor:
         if lev.grid is not None:
