@@ -42,31 +42,38 @@ def _cache_dir() -> Path:
     return Path(os.environ.get("DEEPKRYLOV_CACHE", Path.home() / ".cache" / "deepkrylov"))
 
 
-@functools.lru_cache(maxsize=1)
-def stencil_library() -> Optional[ctypes.CDLL]:
-    """The compiled 7-point stencil library, or None (no compiler, build failure, or disabled)."""
+def _build(source: Path) -> Optional[ctypes.CDLL]:
+    """Compile ``source`` (once per source, compiler and CPU) and load it; None where that is not possible."""
     if os.environ.get("DEEPKRYLOV_KERNELS", "1") == "0":
         return None
     cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if cc is None:
         return None
-    src = _SOURCE.read_bytes()
+    src = source.read_bytes()
     key = hashlib.sha256(src + cc.encode() + " ".join(_FLAGS).encode() + _cpu_key().encode()).hexdigest()[:16]
-    lib = _cache_dir() / f"stencil7-{key}.so"
+    lib = _cache_dir() / f"{source.stem.lstrip('_')}-{key}.so"
     if not lib.exists():
         try:
             lib.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(suffix=".so", dir=lib.parent)
             os.close(fd)
-            subprocess.run([cc, *_FLAGS, str(_SOURCE), "-o", tmp], check=True, capture_output=True, timeout=120)
+            subprocess.run([cc, *_FLAGS, str(source), "-o", tmp], check=True, capture_output=True, timeout=120)
             os.replace(tmp, lib)
         except (OSError, subprocess.SubprocessError):
             if "tmp" in locals() and os.path.exists(tmp):
                 os.unlink(tmp)
             return None
     try:
-        so = ctypes.CDLL(str(lib))
+        return ctypes.CDLL(str(lib))
     except OSError:
+        return None
+
+
+@functools.lru_cache(maxsize=1)
+def stencil_library() -> Optional[ctypes.CDLL]:
+    """The compiled 7-point stencil library, or None (no compiler, build failure, or disabled)."""
+    so = _build(_SOURCE)
+    if so is None:
         return None
     p, i64, dbl = ctypes.c_void_p, ctypes.c_int64, ctypes.c_double
     for name in ("stencil7_f64", "stencil7_f32"):
@@ -125,3 +132,43 @@ def stencil7_compact(x: torch.Tensor, out: torch.Tensor, faces: list, t: tuple, 
     assert code.dtype == torch.int16 and code.is_contiguous() and tuple(code.shape) == (n0, n1, n2)
     fn(x.data_ptr(), out.data_ptr(), B, n0, n1, n2, *(_ptr(f) for f in faces), *(float(v) for v in t),
        code.data_ptr(), zero.data_ptr(), torch.get_num_threads(), int(out.numel() * out.element_size() > _llc_bytes()))
+
+
+@functools.lru_cache(maxsize=1)
+def transfer_library() -> Optional[ctypes.CDLL]:
+    """The compiled 3D multigrid transfers (``_transfer3d.c``), or None."""
+    so = _build(Path(__file__).with_name("_transfer3d.c"))
+    if so is None:
+        return None
+    p, i64 = ctypes.c_void_p, ctypes.c_int64
+    for name in ("prolong_add_f64", "prolong_add_f32", "restrict_f64", "restrict_f32"):
+        fn = getattr(so, name)
+        fn.restype = None
+        fn.argtypes = [p, p, p, i64, i64, i64, i64, ctypes.c_int]
+    return so
+
+
+def transfer_ok(*tensors: torch.Tensor) -> bool:
+    """Whether the compiled transfers can take these tensors (CPU, float32/64, one dtype, contiguous)."""
+    t0 = tensors[0]
+    return (t0.device.type == "cpu" and t0.dtype in (torch.float32, torch.float64)
+            and all(t.dtype == t0.dtype and t.device == t0.device and t.is_contiguous() for t in tensors)
+            and not any(t.requires_grad for t in tensors) and transfer_library() is not None)
+
+
+def prolong_add(padded: torch.Tensor, u: torch.Tensor, scale: torch.Tensor) -> None:
+    """``u += scale * interpolate(padded)`` (see ``_transfer3d.c``); padded (B, m0+2, m1+2, m2+2)."""
+    so = transfer_library()
+    assert so is not None
+    B, a, b, c = padded.shape
+    fn = so.prolong_add_f64 if u.dtype == torch.float64 else so.prolong_add_f32
+    fn(padded.data_ptr(), u.data_ptr(), scale.data_ptr(), B, a - 2, b - 2, c - 2, torch.get_num_threads())
+
+
+def restrict(padded: torch.Tensor, out: torch.Tensor, value: torch.Tensor) -> None:
+    """``out = value * (interpolation transpose)(padded)``; padded (B, 2m0+2, 2m1+2, 2m2+2), out (B, m0, m1, m2)."""
+    so = transfer_library()
+    assert so is not None
+    B, m0, m1, m2 = out.shape
+    fn = so.restrict_f64 if out.dtype == torch.float64 else so.restrict_f32
+    fn(padded.data_ptr(), out.data_ptr(), value.data_ptr(), B, m0, m1, m2, torch.get_num_threads())

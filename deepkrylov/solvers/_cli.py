@@ -104,7 +104,7 @@ def _solve_mg(p: SolveProblem, callback: Callback) -> Any:
     from .multigrid import Multigrid
 
     op = _grid_operator(p, "mg")
-    M = Multigrid().setup(op, p.bg.grid if p.bg.grid.size > 1 else None)
+    M = Multigrid(dtype=torch.float32).setup(op, p.bg.grid if p.bg.grid.size > 1 else None)
     res = cg(op, p.b, M=M, rtol=p.args.rtol, max_it=p.args.max_it, callback=callback)
     res.info["setup_time"] = M.setup_time
     return res
@@ -117,7 +117,7 @@ def _solve_learned(p: SolveProblem, callback: Callback) -> Any:
     op = _grid_operator(p, "learned")
     try:
         net = load_stencil_net(p.args.learned_model)
-        M = LearnedMultigrid(net=net).setup(op, p.bg.grid if p.bg.grid.size > 1 else None)
+        M = LearnedMultigrid(net=net, dtype=torch.float32).setup(op, p.bg.grid if p.bg.grid.size > 1 else None)
     except (FileNotFoundError, ValueError) as err:
         raise SystemExit(f"deepkrylov solve: {err}")
     res = cg(op, p.b, M=M, rtol=p.args.rtol, max_it=p.args.max_it, callback=callback)

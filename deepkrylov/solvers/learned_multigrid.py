@@ -164,16 +164,17 @@ class LearnedMultigrid(Multigrid):
     Args:
         A: the operator now (optional; the solver calls :meth:`setup` otherwise).
         net: a :class:`StencilNet`, or a weights file; default: the shipped weights.
-        levels, coarsest, null_space: as for :class:`~deepkrylov.solvers.multigrid.Multigrid`.
+        levels, coarsest, null_space, dtype: as for :class:`~deepkrylov.solvers.multigrid.Multigrid`.
 
     The network's dimension must match the operator's. ``setup_time`` includes the stencil prediction.
     """
 
     def __init__(self, A: Optional[DiffusionOperator] = None, net: Optional[Union[StencilNet, str, Path]] = None, *,
-                 levels: Optional[int] = None, coarsest: int = 4, null_space: bool = False) -> None:
+                 levels: Optional[int] = None, coarsest: int = 4, null_space: bool = False,
+                 dtype: Optional[torch.dtype] = None) -> None:
         self.net = net if isinstance(net, StencilNet) else load_stencil_net(net)
         super().__init__(None, levels=levels, smoother="chebyshev", degree=self.net.steps, coarsest=coarsest,
-                         null_space=null_space)
+                         null_space=null_space, dtype=dtype)
         if A is not None:
             self.setup(A)
 
