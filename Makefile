@@ -12,12 +12,12 @@ export OMP_NUM_THREADS ?= 1
 setup:
 	@bash scripts/setup.sh
 
-DEMO_N ?= 16
+DEMO_N ?= 64
 demo: setup
 	$(PY) -m deepkrylov.cli info
-	$(PY) -m deepkrylov.cli solve --n $(DEMO_N) --methods dcdm cg pcg icc gamg hypre --rtol 1e-6 --max-it 400 \
+	$(PY) -m deepkrylov.cli solve --n $(DEMO_N) --methods learned mg pcg icc gamg hypre --rtol 1e-6 \
 	    --plot demo_residuals.png --json demo_solve.json
-	$(MPIEXEC) -n $(NP) $(PY) -m deepkrylov.cli solve --n 64 --methods cg pcg gamg hypre --rtol 1e-6
+	$(MPIEXEC) -n $(NP) $(PY) -m deepkrylov.cli solve --n 64 --methods learned mg pcg gamg hypre --rtol 1e-6
 	$(MPIEXEC) -n $(NP) $(PY) examples/distributed_conv.py
 
 test: setup

@@ -234,6 +234,52 @@ def register(sub: Any, train_sub: Any) -> None:
     t.add_argument("--ship", action="store_true", help="copy the trained model into the package (maintainers)")
     t.set_defaults(func=_cmd_train_dcdm)
 
+    t = train_sub.add_parser(
+        "learned-mg", help="train the learned multigrid's stencil network on random obstacle scenes",
+        description="Random smoke-style scenes, Ritz-vector right-hand sides with the low spectrum boosted, Adam on "
+                    "the residual after one cycle; keeps the best weights on held-out scenes. Starts from the "
+                    "classical cycle (the initial weights reproduce its Chebyshev smoother).",
+    )
+    t.add_argument("--sizes", type=int, nargs="+", default=[32, 32, 48], help="grid sizes, cycled over the scenes")
+    t.add_argument("--scenes", type=int, default=36)
+    t.add_argument("--validation-scenes", type=int, default=4)
+    t.add_argument("--lanczos-steps", type=int, default=150)
+    t.add_argument("--steps", type=int, default=3000, help="Adam steps (default 3000)")
+    t.add_argument("--batch-size", type=int, default=8)
+    t.add_argument("--lr", type=float, default=1e-3)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--time-limit", type=float, default=None, help="stop after this many seconds")
+    t.add_argument("--init", type=Path, default=None, help="start from these weights ('shipped': the packaged ones)")
+    t.add_argument("--out", type=Path, default=Path("runs/learned_mg/model.pt"))
+    t.add_argument("--ship", action="store_true", help="copy the trained weights into the package (maintainers)")
+    t.set_defaults(func=_cmd_train_learned_mg)
+
+
+def _cmd_train_learned_mg(args: argparse.Namespace) -> int:
+    from .learned_multigrid import SHIPPED_LEARNED_MODEL, load_stencil_net
+    from .learned_training import train_learned_multigrid
+
+    try:
+        net = None if args.init is None else load_stencil_net(None if str(args.init) == "shipped" else args.init)
+        if net is not None:
+            net.train()
+        _, record = train_learned_multigrid(
+            sizes=args.sizes, scenes=args.scenes, validation_scenes=args.validation_scenes,
+            lanczos_steps=args.lanczos_steps, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+            seed=args.seed, net=net, out=args.out, time_limit=args.time_limit,
+            command="deepkrylov " + " ".join(sys.argv[1:]))
+    except (ValueError, FileNotFoundError) as err:
+        raise SystemExit(f"deepkrylov train learned-mg: {err}")
+    print(f"trained: validation loss {record['initial_validation_loss']:.4e} -> {record['best_validation_loss']:.4e} "
+          f"after {record['steps']} steps ({record['total_seconds']:.0f} s); weights in {args.out}")
+    if args.ship:
+        import shutil
+
+        shutil.copy(args.out, SHIPPED_LEARNED_MODEL)
+        shutil.copy(args.out.with_suffix(".json"), SHIPPED_LEARNED_MODEL.with_suffix(".json"))
+        print(f"shipped as {SHIPPED_LEARNED_MODEL}")
+    return 0
+
 
 def _cmd_train_dcdm(args: argparse.Namespace) -> int:
     from .dcdm.model import SHIPPED_MODEL
@@ -369,7 +415,8 @@ def _cmd_solve(args: argparse.Namespace) -> int:
         np.savez(args.save, **{f"x_{k}": v.numpy() for k, v in solutions.items()},
                  **{f"residuals_{k}": np.array(h) for k, h in histories.items()})
     if args.plot:
-        _plot(histories, args.plot, what)
+        _plot({f"{r['method']} ({r['total_seconds']:.2f} s)": histories[r["method"]] for r in rows}, args.plot,
+              f"{what}, {ctx.size} rank(s)")
     if failed:
         names = ", ".join(f"{r['method']} ({r['reason']} after {r['iterations']} iterations)" for r in failed)
         hint = " (--allow-diverged: exit 0)" if status else ""

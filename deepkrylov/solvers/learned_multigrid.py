@@ -29,6 +29,7 @@ import torch.nn.functional as F
 
 from deepkrylov.distributed import GridTensor, ProcessGrid
 from deepkrylov.mesh import EMPTY, FLUID, SOLID, DiffusionOperator
+from deepkrylov.mesh import _kernels
 
 from .multigrid import Multigrid, _Level
 
@@ -221,7 +222,7 @@ class LearnedMultigrid(Multigrid):
 
     # the learned pieces in place of the classical smoother, and the correction weight
     def _functional(self, f: torch.Tensor) -> bool:
-        return torch.is_grad_enabled() and any(p.requires_grad for p in self.net.parameters())
+        return self.net.training and torch.is_grad_enabled() and any(p.requires_grad for p in self.net.parameters())
 
     def _correction_weight(self, lev: _Level, f: torch.Tensor) -> Optional[torch.Tensor]:
         return lev.typed("weight", f)
@@ -270,10 +271,28 @@ class _StencilPad:
     def __init__(self, lev: _Level) -> None:
         self.lev = lev
         self.nd = lev.nd
+        # the compiled seven-point pass (y = d x - sum w x_nb) serves whole 3D blocks without periodic axes
+        self.compiled = lev.nd == 3 and lev.grid is None and not any(lev.periodic) and \
+            _kernels.stencil_library() is not None
+        self._coefs: dict = {}
+
+    def _compiled(self, w: torch.Tensor, x: torch.Tensor, out: Optional[torch.Tensor]) -> torch.Tensor:
+        key = (id(w), x.dtype)
+        hit = self._coefs.get(key)
+        if hit is None or hit[0] is not w:
+            coefs = [w[0].to(x.dtype).contiguous()] + [(-w[j]).to(x.dtype).contiguous() for j in range(1, 7)]
+            hit = self._coefs[key] = (w, coefs, torch.zeros(x.shape[-1], dtype=x.dtype))
+        out = torch.empty_like(x) if out is None else out
+        x4 = x.reshape((-1,) + tuple(x.shape[-3:]))
+        _kernels.stencil7(x4, out.view(x4.shape), [None] * 6, None, hit[1], hit[2])
+        return out
 
     def apply(self, w: torch.Tensor, x: torch.Tensor, out: Optional[torch.Tensor] = None) -> torch.Tensor:
         """``w`` applied to ``x``, into ``out`` (None: a new, differentiable tensor)."""
         nd = self.nd
+        if self.compiled and not (torch.is_grad_enabled() and (w.requires_grad or x.requires_grad)) \
+                and x.dtype in (torch.float32, torch.float64) and x.is_contiguous():
+            return self._compiled(w, x, out)
         lev = self.lev
         if lev.grid is not None:
             p = GridTensor(x, lev.grid).halo(1, "circular" if any(lev.periodic) else "zeros")
