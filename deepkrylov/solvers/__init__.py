@@ -16,12 +16,19 @@ PETSc interop (petsc4py, imported lazily: ``import deepkrylov.solvers`` does not
     from deepkrylov.solvers.petsc import PetscPC
     res = cg(A, b, M=PetscPC(A, "hypre"))       # also "gamg", "icc", "jacobi", ... (A: an operator with to_scipy())
 
+Multigrid preconditioners for deepkrylov's diffusion operators (symmetric V-cycles, valid in plain CG)::
+
+    res = cg(A, b, M=Multigrid(A), rtol=1e-6)              # geometric multigrid (set-up once, ~10 its to 1e-6)
+    res = cg(A, b, M=LearnedMultigrid(A), rtol=1e-6)       # smoothers predicted from the geometry (shipped weights)
+
 DCDM (:mod:`deepkrylov.solvers.dcdm`): ``dcdm(A, b, M)`` with ``M`` the shipped network (``load_model()``) or
 any preconditioner above.
 """
 
 from .krylov import KrylovSolver, cg, check_system, fcg, gmres, pcg
+from .learned_multigrid import LearnedMultigrid, StencilNet
 from .matrix import FunctionOperator, LinearOperator, MatrixOperator, aslinearoperator
+from .multigrid import Multigrid
 from .preconditioners import CallablePreconditioner, Identity, Jacobi, Preconditioner, as_preconditioner
 from .result import ConvergedReason, SolveResult, SolverError
 from .stopping import NORM_TYPES, StoppingCriterion
@@ -32,6 +39,7 @@ __all__ = [
     "cg", "pcg", "fcg", "gmres", "check_system", "SOLVERS", "KrylovSolver",
     "LinearOperator", "MatrixOperator", "FunctionOperator", "aslinearoperator",
     "Preconditioner", "Identity", "Jacobi", "CallablePreconditioner", "as_preconditioner",
+    "Multigrid", "LearnedMultigrid", "StencilNet",
     "ConvergedReason", "SolveResult", "SolverError",
     "StoppingCriterion", "NORM_TYPES",
 ]
