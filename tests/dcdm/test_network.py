@@ -71,3 +71,24 @@ def test_ritz_values_of_full_lanczos_are_the_exact_eigenvalues():
     coeff = b.squeeze(1) @ vectors.T
     k = int(0.55 * n)
     assert (coeff[:, :k] ** 2).sum() > 10 * (coeff[:, k:] ** 2).sum()
+
+
+def test_inference_runs_on_the_onednn_path():
+    """No layer on torch's slow small conv3d path: eval-mode float32 CPU inference goes through a oneDNN twin
+    of the network, with the same output as the plain path (to float32 rounding) and rebuilt when weights change."""
+    import torch
+
+    from deepkrylov.solvers.dcdm import DCDMNet
+
+    torch.manual_seed(0)
+    net = DCDMNet().eval()
+    x = torch.randn(2, 1, 16, 16, 16)
+    with torch.no_grad():
+        fast = net(x)
+        assert "_twin" in net.__dict__
+    with torch.enable_grad():
+        plain = net(x).detach()
+    assert float((fast - plain).abs().max()) <= 1e-5 * float(plain.abs().max())
+    with torch.no_grad():
+        net.head.bias.add_(1.0)
+        assert torch.allclose(net(x), fast + 1.0, atol=1e-5)

@@ -90,10 +90,34 @@ class DCDMNet(nn.Module):
         if isinstance(x, GridTensor):
             w = x.local.new_ones((self.width, 1) + (2,) * self.dim)
             return conv_transpose(x, w, None, stride=2, groups=self.width, output_grid=like.grid)
+        if x.is_mkldnn:  # oneDNN has no nearest upsampling: through a dense tensor (half resolution, cheap)
+            return F.interpolate(x.to_dense(), scale_factor=2, mode="nearest").to_mkldnn()
         return F.interpolate(x, scale_factor=2, mode="nearest")
+
+    def _fast_path(self, r: Field) -> bool:
+        """Inference on a plain float32 CPU tensor: run the oneDNN (mkldnn) twin of the network. torch's default
+        CPU conv3d takes a slow path at these sizes (16x slower at 32^3 on the project's machine)."""
+        return (not self.training and not torch.is_grad_enabled() and isinstance(r, torch.Tensor) and not r.is_mkldnn
+                and r.device.type == "cpu" and r.dtype == torch.float32 and torch.backends.mkldnn.is_available())
+
+    def _mkldnn_twin(self) -> nn.Module:
+        """A oneDNN copy of this network, rebuilt when the weights change."""
+        import copy
+
+        import torch.utils.mkldnn
+
+        key = tuple((p.data_ptr(), p._version) for p in self.parameters())
+        hit = self.__dict__.get("_twin")
+        if hit is None or hit[0] != key:
+            twin = copy.deepcopy(self)
+            twin.__dict__.pop("_twin", None)
+            hit = self.__dict__["_twin"] = (key, torch.utils.mkldnn.to_mkldnn(twin))
+        return hit[1]
 
     def forward(self, r: Field) -> Field:
         self._check(r)
+        if self._fast_path(r):
+            return self._mkldnn_twin()(r.to_mkldnn()).to_dense()
         h = self.lift(r)
         a = _relu(self.down[0](h))
         b = _relu(self.down[1](a))
