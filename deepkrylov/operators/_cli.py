@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import os
+import sys
 from typing import Any, Optional
 
 import numpy as np
@@ -21,6 +22,24 @@ _LAYOUTS = (
     ("a", "u", "x"),      # burgers (x) / darcy (no coordinates)
     ("w0", "w", None),    # navier-stokes (last recorded step)
 )
+
+
+class _Default:
+    """An option's default, marked so that ``--resume`` can tell it from a value given on the command line."""
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def __repr__(self) -> str:
+        return repr(self.value)
+
+
+# options a resumed run takes from the run (checkpoint config / model.json) unless given; given ones must agree
+_TRAIN_OPTIONS = ("epochs", "batch_size", "lr", "optimizer", "weight_decay", "loss", "scheduler", "step_size",
+                  "gamma", "seed")
+_MODEL_OPTIONS = {"deeponet": ("branch", "trunk", "pod", "activation"), "mgno": ("width", "layers", "levels"),
+                  "fno": ("width", "layers", "modes"), "converted-unet": ("width", "layers")}
+_RESUME_MAY_CHANGE = ("epochs",)
 
 
 def _ints(text: str) -> list[int]:
@@ -72,7 +91,10 @@ def register(sub: Any, train_sub: Any) -> None:
         t.add_argument("--gamma", type=float, default=0.5, help="scheduler factor or rate")
         t.add_argument("--seed", type=int, default=0)
         t.add_argument("--out", default=f"runs/{name}")
-        t.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+        t.add_argument("--resume", action="store_true",
+                       help="continue the run in OUT from OUT/last.pt: options not given are the run's (its loss, "
+                            "learning rate, schedule, model sizes, ...); a given option that differs from the run's "
+                            "is an error, except --epochs (train on to a new total)")
         if name == "deeponet":
             t.add_argument("--branch", type=_ints, default=[40, 40], help="hidden+output widths (input added)")
             t.add_argument("--trunk", type=_ints, default=[40, 40])
@@ -94,6 +116,8 @@ def register(sub: Any, train_sub: Any) -> None:
                            help="under mpiexec: split each sample's grid over the ranks (GridTensor) instead of "
                                 "splitting the batches (DDP), for grids too large for one process")
         t.set_defaults(func=_cmd_train, model=name)
+        tracked = _TRAIN_OPTIONS + _MODEL_OPTIONS[name] + ("ntrain",)
+        t.set_defaults(**{dest: _Default(t.get_default(dest)) for dest in tracked})
 
 
 def _context(data_parallel: bool = True) -> Any:
@@ -190,12 +214,57 @@ def _datasets(model: str, x: np.ndarray, y: np.ndarray, c: Optional[np.ndarray])
     return TensorDataset(xt[:, None], yt[:, None]), None
 
 
+def _flag(dest: str) -> str:
+    return "--" + dest.replace("_", "-")
+
+
+def _resume_options(args: argparse.Namespace, is_root: bool) -> None:
+    """Resolve defaults in ``args``; with ``--resume`` and a run in ``--out``, options not given take the run's
+    values and a given one that differs is an error (SystemExit naming the option and both values)."""
+    given = {k for k, v in vars(args).items() if not isinstance(v, _Default)}
+    for k, v in vars(args).items():
+        if isinstance(v, _Default):
+            setattr(args, k, v.value)
+    last = os.path.join(args.out, "last.pt")
+    if not (args.resume and os.path.exists(last)):
+        return
+    from .trainer import checkpoint_config
+
+    stored = dict(checkpoint_config(last))
+    spec_path = os.path.join(args.out, "model.json")
+    if os.path.exists(spec_path):
+        with open(spec_path) as f:
+            spec = json.load(f)
+        if spec.get("model", args.model) != args.model:
+            raise SystemExit(f"deepkrylov train {args.model} --resume: {args.out} holds a {spec['model']} run")
+        stored.update({k: spec[k] for k in _MODEL_OPTIONS[args.model] + ("ntrain",) if k in spec})
+    stored = {k: v for k, v in stored.items() if k in _TRAIN_OPTIONS + _MODEL_OPTIONS[args.model] + ("ntrain",)}
+    conflicts = [(k, v, getattr(args, k)) for k, v in stored.items()
+                 if k in given and k not in _RESUME_MAY_CHANGE and _plain(v) != _plain(getattr(args, k))]
+    if conflicts:
+        listed = "; ".join(f"{_flag(k)}: the run used {v!r}, the command gives {now!r}" for k, v, now in conflicts)
+        raise SystemExit(f"deepkrylov train {args.model} --resume: {listed}. Drop the option(s) to continue with the "
+                         f"run's values, or train into a new --out")
+    taken = {k: v for k, v in stored.items() if k not in given and _plain(v) != _plain(getattr(args, k))}
+    for k, v in stored.items():
+        if k not in given:
+            setattr(args, k, v)
+    if is_root and taken:
+        print(f"resuming {last} with the run's " + ", ".join(f"{_flag(k)} {v}" for k, v in taken.items()),
+              file=sys.stderr)
+
+
+def _plain(v: Any) -> Any:
+    return [_plain(x) for x in v] if isinstance(v, (list, tuple)) else v
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     from .normalization import Normalized
     from .trainer import Trainer
 
     domain = getattr(args, "domain_parallel", False)
     ctx = _context(data_parallel=not domain)
+    _resume_options(args, ctx.is_root)
     try:
         x, y, c = load_arrays(args.data)
         xs, ys, _ = load_arrays(args.test) if args.test else (None, None, None)
@@ -209,7 +278,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if not 1 <= ntrain <= x.shape[0] or len(xs) == 0:
         raise SystemExit(f"need 1 <= ntrain <= {x.shape[0]} and a non-empty test set, got ntrain={ntrain}")
     x, y = x[:ntrain], y[:ntrain]
-    spec: dict[str, Any] = {"model": args.model}
+    spec: dict[str, Any] = {"model": args.model, "ntrain": ntrain}
     torch.manual_seed(args.seed)  # the initial weights depend on the seed only (torch's own seed is random)
     train, coords = _datasets(args.model, x, y, c)
     test, _ = _datasets(args.model, xs, ys, c)

@@ -26,7 +26,8 @@ from torch.utils.data import Dataset
 
 from .losses import H1Loss, LpLoss
 
-__all__ = ["Trainer", "TrainConfig", "make_loss", "MODELS", "register_model"]
+__all__ = ["Trainer", "TrainConfig", "make_loss", "MODELS", "register_model", "RESUMABLE_OPTIONS",
+           "config_conflicts", "checkpoint_config"]
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +70,42 @@ class TrainConfig(dict):
         if unknown:
             raise ValueError(f"unknown training option(s) {sorted(unknown)}; allowed: {sorted(self.DEFAULTS)}")
         super().__init__({**self.DEFAULTS, **kwargs})
+
+
+RESUMABLE_OPTIONS = ("epochs", "eval_every", "progress")
+"""Training options that may differ between a run and its resume: how long to train on, how often to evaluate,
+the progress bar. Every other option (loss, learning rate, schedule, batch size, seed, ...) must equal the
+checkpoint's, or the resumed run would silently train a different way."""
+
+
+def _plain(v: Any) -> Any:
+    return [_plain(x) for x in v] if isinstance(v, (list, tuple)) else v
+
+
+def config_conflicts(stored: Mapping[str, Any], current: Mapping[str, Any],
+                     allowed: tuple = RESUMABLE_OPTIONS) -> list[tuple[str, Any, Any]]:
+    """``(option, stored value, current value)`` for every option of ``current`` (a TrainConfig) that differs from
+    the checkpoint's ``stored`` config, except the ``allowed`` ones. An option a checkpoint lacks (written before
+    the option existed) counts as its default."""
+    out = []
+    for key, now in current.items():
+        if key in allowed:
+            continue
+        then = stored.get(key, TrainConfig.DEFAULTS.get(key))
+        if _plain(then) != _plain(now):
+            out.append((key, then, now))
+    return out
+
+
+def checkpoint_config(path: str) -> dict[str, Any]:
+    """The training configuration stored in a Trainer checkpoint (``last.pt``/``best.pt``); ``{}`` for a checkpoint
+    written without one."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"checkpoint {path!r} does not exist")
+    st = torch.load(path, map_location="cpu", weights_only=False)
+    if not isinstance(st, dict) or "model" not in st:
+        raise KeyError(f"{path!r} is not a Trainer checkpoint")
+    return dict(st.get("config") or {})
 
 
 def _dist() -> tuple[bool, int, int]:
@@ -198,13 +235,29 @@ class Trainer:
         os.replace(tmp, path)
 
     def load_checkpoint(self, path: str) -> None:
-        """Restore the state written by :meth:`save_checkpoint`; training continues at the next epoch."""
+        """Restore the state written by :meth:`save_checkpoint`; training continues at the next epoch.
+
+        The checkpoint's training configuration must equal this Trainer's except for :data:`RESUMABLE_OPTIONS`
+        (e.g. more ``epochs``); otherwise a ValueError names every differing option with both values, and nothing
+        is loaded. To continue with other settings, start a new run from the weights (``model.load_state_dict``)."""
         if not os.path.exists(path):
             raise FileNotFoundError(f"checkpoint {path!r} does not exist")
         st = torch.load(path, map_location=self.device, weights_only=False)
         missing = [k for k in ("model", "optimizer", "epoch", "rng") if k not in st]
         if missing:
             raise KeyError(f"checkpoint {path!r} lacks {missing}; is it a Trainer checkpoint?")
+        if st.get("config") is not None:
+            conflicts = config_conflicts(st["config"], self.config)
+            if conflicts:
+                listed = "; ".join(f"{k}: checkpoint {a!r}, now {b!r}" for k, a, b in conflicts)
+                raise ValueError(
+                    f"cannot resume from {path!r}: the training configuration differs from the checkpoint's ({listed}). "
+                    f"Use the checkpoint's values, or train into a new output directory; options that may change "
+                    f"on resume: {', '.join(RESUMABLE_OPTIONS)}"
+                )
+            if self.config["scheduler"] == "cosine" and st["config"].get("epochs") != self.config["epochs"]:
+                log.warning("resuming a cosine schedule with epochs %s instead of %s: the schedule keeps its "
+                            "stored period", self.config["epochs"], st["config"].get("epochs"))
         self.module.load_state_dict(st["model"])
         self.optimizer.load_state_dict(st["optimizer"])
         if self.scheduler is not None and st.get("scheduler") is not None:
