@@ -13,7 +13,9 @@ export PETSC_ARCH=
 log() { printf '[setup] %s\n' "$*"; }
 
 # 1. System packages (Debian). Skipped where apt is absent: the core still installs, PETSc tests skip.
-APT_PKGS="openmpi-bin libopenmpi-dev libpetsc-real3.18-dev libblas-dev liblapack-dev pkg-config"
+# libpetsc3.18-dev-examples: PETSc's own tutorials (src/ksp/ksp/tutorials/ex45.c), which
+# examples/petsc_plugin builds to run deepkrylov's multigrid plugins in an unmodified PETSc program.
+APT_PKGS="openmpi-bin libopenmpi-dev libpetsc-real3.18-dev libpetsc3.18-dev-examples libblas-dev liblapack-dev pkg-config"
 if command -v dpkg-query >/dev/null 2>&1; then
   missing=""
   for p in $APT_PKGS; do
