@@ -221,7 +221,8 @@ static inline __m256d compact_diag4(__m128i c16, __m256d t0, __m256d t1, __m256d
                               _mm256_mul_pd(_mm256_cvtepi32_pd(_mm_and_si128(_mm_srli_epi32(c, 9), seven)), t1));
     d = _mm256_add_pd(d, _mm256_mul_pd(_mm256_cvtepi32_pd(_mm_and_si128(_mm_srli_epi32(c, 12), seven)), t2));
     const __m256i c64 = _mm256_cvtepu16_epi64(c16), b15 = _mm256_set1_epi64x(0x8000);
-    return _mm256_blendv_pd(d, _mm256_set1_pd(1.0), _mm256_castsi256_pd(_mm256_cmpeq_epi64(_mm256_and_si256(c64, b15), b15)));
+    const __m256i ident = _mm256_cmpeq_epi64(_mm256_and_si256(c64, b15), b15);
+    return _mm256_blendv_pd(d, _mm256_set1_pd(1.0), _mm256_castsi256_pd(ident));
 }
 
 static inline int64_t compact_vec_f64(const double *restrict xc, const double *restrict xim,
