@@ -1586,8 +1586,7 @@ class MG:
         if M is None or f is None:
             viewer.printfASCII(f"  deepkrylov {self.kind} (not set up)\n")
             return
-        shapes = " -> ".join("x".join(map(str, reversed(s))) for s in M.shapes)
-        viewer.printfASCII(f"  deepkrylov {self.kind}: {M!r}; levels (x first) {shapes}, set-up {self.setup_time:.3g}s\n")
+        viewer.printfASCII(f"  deepkrylov {self.kind}: {M!r} (z, y, x), set-up {self.setup_time:.3g}s\n")
         viewer.printfASCII(f"  operator read from the matrix: weights (z,y,x) {f.weights}, faces {f.faces}, "
                            f"{int(f.boundary.sum())} boundary rows, coupled to them: {f.coupled}\n")
 
