@@ -240,7 +240,7 @@ def register(sub: Any, train_sub: Any) -> None:
                     "the residual after one cycle; keeps the best weights on held-out scenes. Starts from the "
                     "classical cycle (the initial weights reproduce its Chebyshev smoother).",
     )
-    t.add_argument("--sizes", type=int, nargs="+", default=[32, 32, 48], help="grid sizes, cycled over the scenes")
+    t.add_argument("--sizes", type=int, nargs="+", default=[32, 32, 48, 64], help="grid sizes, cycled over the scenes")
     t.add_argument("--scenes", type=int, default=36)
     t.add_argument("--validation-scenes", type=int, default=4)
     t.add_argument("--lanczos-steps", type=int, default=150)
@@ -249,6 +249,8 @@ def register(sub: Any, train_sub: Any) -> None:
     t.add_argument("--lr", type=float, default=1e-3)
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--time-limit", type=float, default=None, help="stop after this many seconds")
+    t.add_argument("--loss", default="energy", choices=("energy", "residual"),
+                   help="energy: ||(I - MA) e||_A (default; keeps the cycle positive definite); residual: the anchor's")
     t.add_argument("--init", type=Path, default=None, help="start from these weights ('shipped': the packaged ones)")
     t.add_argument("--out", type=Path, default=Path("runs/learned_mg/model.pt"))
     t.add_argument("--ship", action="store_true", help="copy the trained weights into the package (maintainers)")
@@ -266,7 +268,7 @@ def _cmd_train_learned_mg(args: argparse.Namespace) -> int:
         _, record = train_learned_multigrid(
             sizes=args.sizes, scenes=args.scenes, validation_scenes=args.validation_scenes,
             lanczos_steps=args.lanczos_steps, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-            seed=args.seed, net=net, out=args.out, time_limit=args.time_limit,
+            seed=args.seed, net=net, out=args.out, time_limit=args.time_limit, loss=args.loss,
             command="deepkrylov " + " ".join(sys.argv[1:]))
     except (ValueError, FileNotFoundError) as err:
         raise SystemExit(f"deepkrylov train learned-mg: {err}")
