@@ -6,8 +6,10 @@ resident memory of a row is that method's alone (import, problem and solve). Pri
 ``benchmarks/results/learned.json`` and the residual histories of the first scene at each size as
 ``benchmarks/results/learned_residuals_<n>.png``.
 
-    python benchmarks/learned.py                            # 64 128 256, 1 and 2 ranks: about 25 minutes
-    python benchmarks/learned.py --sizes 64 --ranks 1       # a minute
+    python benchmarks/learned.py --sizes 64                 # three scenes, 1 and 2 ranks: about 5 minutes
+    python benchmarks/learned.py --sizes 128 --scenes smoke random:900001 --append     # about 15 minutes
+    python benchmarks/learned.py --sizes 256 --scenes smoke --methods learned mg pcg icc gamg hypre --append
+                                                                                        # about 15 minutes
 """
 
 from __future__ import annotations
@@ -74,9 +76,10 @@ def main() -> None:
     ap.add_argument("--rtol", type=float, default=1e-6)
     ap.add_argument("--max-it", type=int, default=5000)
     ap.add_argument("--out", type=Path, default=RESULTS / "learned.json")
+    ap.add_argument("--append", action="store_true", help="add to the rows already in --out (other sizes/scenes)")
     args = ap.parse_args()
     RESULTS.mkdir(parents=True, exist_ok=True)
-    rows = []
+    rows = json.loads(args.out.read_text())["rows"] if args.append and args.out.exists() else []
     head = f"{'scene':<14} {'n':>4} {'ranks':>5} {'method':<8} {'its':>5} {'setup s':>8} {'solve s':>8} {'total s':>8} " \
            f"{'MB':>7}  reason"
     print(head)
