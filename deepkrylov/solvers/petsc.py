@@ -1267,7 +1267,7 @@ def _read_stencil(mat: Any, grid: ProcessGrid, rtol: float) -> _Stencil:
     r, c, v = _gather_natural_coo(mat, grid)
     shape = tuple(grid.global_shape)
     nd, n = len(shape), int(np.prod(shape))
-    what = (f"the PC's matrix on the {'x'.join(map(str, reversed(shape)))} DMDA (x first)")
+    what = f"the PC's matrix on the grid {'x'.join(map(str, reversed(shape)))} (x first)"
     on_diag = r == c
     diag = np.bincount(r[on_diag], weights=v[on_diag], minlength=n)
     r, c, v = r[~on_diag], c[~on_diag], v[~on_diag]
@@ -1534,7 +1534,14 @@ class MG:
         M = self._make(grid, dtype)
         # The operator is built whole from the matrix rows gathered on every rank (simple, and cheap next to
         # PETSc's own set-up at these sizes); the V-cycle itself runs distributed.
-        st = _read_stencil(P, grid, 1e-10)
+        try:
+            st = _read_stencil(P, grid, 1e-10)
+        except ValueError as err:
+            if grid.ndim > 1:
+                raise
+            raise ValueError(f"{err} (the grid is 1D, from no DMDA: for a matrix on a 2D or 3D grid set its DMDA on "
+                             f"the KSP with KSPSetDM or give -{pc.getOptionsPrefix() or ''}{GRID_OPTION} nx,ny,nz)"
+                             ) from err
         found = _embed(st, _multiple_for(st, self.levels, M.coarsest), 1e-10)
         op = found.operator
         egrid = None

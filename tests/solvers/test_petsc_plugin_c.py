@@ -168,3 +168,17 @@ def test_pc_python_mg_in_cg(driver, dim):
     assert mg[0]["its"] == mg[1]["its"] and mg[0]["xnorm"] == pytest.approx(mg[1]["xnorm"], rel=1e-10)
     assert mg[0]["xnorm"] == pytest.approx(gamg["xnorm"], rel=1e-6)
     assert mg[0]["its"] <= gamg["its"], (mg[0]["its"], gamg["its"])
+
+
+def test_pc_python_mg_grid_from_the_option_or_a_clear_error(driver):
+    """Without a DMDA on the KSP (-set_ksp_dm 0) MG takes the grid from -deepkrylov_grid (the same iterations as
+    with the DMDA), and without either it stops with an error that names the option."""
+    args = ["-dim", "3", "-n", "14", *COMMON, "-pc_type", "python", "-pc_python_type", "deepkrylov.solvers.petsc.MG"]
+    with_dm = run(driver, args)
+    with_option = run(driver, [*args, "-set_ksp_dm", "0", "-deepkrylov_grid", "14,14,14"])
+    assert with_dm["reason"] == with_option["reason"] == "CONVERGED_RTOL"
+    assert with_dm["its"] == with_option["its"]
+    out = run_raw(driver, [*args, "-set_ksp_dm", "0"])
+    text = out.stdout + out.stderr
+    assert out.returncode != 0, text[-3000:]
+    assert "not a 3-point stencil" in text and "-deepkrylov_grid nx,ny,nz" in text, text[-3000:]
