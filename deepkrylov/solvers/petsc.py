@@ -13,9 +13,10 @@
 * Plugins for PETSc programs, through the options database only:
   ``-ksp_type python -ksp_python_type deepkrylov.solvers.petsc.CG`` runs deepkrylov's CG;
   ``-pc_type python -pc_python_type deepkrylov.solvers.petsc.PC`` wraps a deepkrylov preconditioner (Jacobi by
-  default; ``-deepkrylov_pc_type jacobi|identity|module:factory`` under the PC's options prefix). Every plugin
-  finds its grid with :func:`plugin_grid`: the KSP's/PC's DMDA, the vector's, or ``-<prefix>deepkrylov_grid
-  nx,ny,nz`` (x first).
+  default; ``-deepkrylov_pc_type jacobi|identity|module:factory`` under the PC's options prefix);
+  ``-pc_python_type deepkrylov.solvers.petsc.MG`` / ``LearnedMG`` run the (learned) geometric multigrid on the
+  operator that :func:`diffusion_operator_from_mat` reads back from the PC's matrix. Every plugin finds its grid
+  with :func:`plugin_grid`: the KSP's/PC's DMDA, the vector's, or ``-<prefix>deepkrylov_grid nx,ny,nz`` (x first).
 """
 
 from __future__ import annotations
@@ -1234,7 +1235,8 @@ def _gather_natural_coo(mat: Any, grid: ProcessGrid) -> tuple[np.ndarray, np.nda
         raise ValueError(f"the PC's matrix has type {mtype!r}, but reading it as a stencil needs an assembled AIJ "
                          f"matrix (seqaij, mpiaij); {_GAMG_HINT}")
     nloc, n = _sizes(grid)
-    if tuple(mat.getSize()) != (n, n) or mat.getLocalSize()[0] != nloc:
+    bad = tuple(mat.getSize()) != (n, n) or mat.getLocalSize()[0] != nloc
+    if mat.getComm().tompi4py().allreduce(int(bad)):  # the same decision on every rank, not a hang in allgather
         raise ValueError(f"the PC's matrix has size {tuple(mat.getSize())} ({mat.getLocalSize()[0]} rows on this "
                          f"rank), but its grid {','.join(map(str, reversed(grid.global_shape)))} (x first) has {n} "
                          f"cells ({nloc} on this rank)")
