@@ -4,10 +4,10 @@ What it shows: every rank holds one block of every sample's 2D grid (a GridTenso
 PETSc's DMDA would split it); MgNO's convolutions exchange halos, the Trainer gathers the output for the loss and
 sums the weight gradients over the ranks, so the run follows the serial one up to float32 rounding -- the way to
 train on grids whose activations do not fit one process. The Trainer writes ``last.pt`` (full state: weights,
-optimizer, learning-rate schedule (x0.9 per epoch), epoch, RNG) every epoch, ``best.pt`` at the best test error, and ``metrics.jsonl``;
-``--resume`` continues from ``last.pt`` bit for bit, and refuses options that differ from the run's (except
-``--epochs``), naming them. At the end rank 0 writes ``prediction.png`` (a test sample: input, truth, prediction,
-error) and ``summary.json``.
+optimizer, learning-rate schedule (x0.9 per epoch), epoch, RNG) every epoch, ``best.pt`` at the best test error,
+and ``metrics.jsonl``; ``--resume`` continues from ``last.pt`` bit for bit, and refuses options that differ from
+the run's (except ``--epochs``), naming them. At the end rank 0 writes ``prediction.png`` (a test sample: input,
+truth, prediction, error) and ``summary.json``.
 
 Data first (about 5 s on 2 cores; 200 samples at 64x64, 160 for training, 40 for testing):
     .venv/bin/deepkrylov datagen darcy --samples 200 --n 64 --out data/darcy64.h5
@@ -19,7 +19,8 @@ Interrupt it (Ctrl-C) and continue, or train on to more epochs:
     mpiexec -n 2 ... .venv/bin/python examples/train_mgno_mpi.py --data data/darcy64.h5 --out runs/mgno_mpi --resume
     mpiexec -n 2 ... .venv/bin/python examples/train_mgno_mpi.py --data data/darcy64.h5 --out runs/mgno_mpi \\
         --resume --epochs 40
-One process works too (``.venv/bin/python examples/train_mgno_mpi.py ...``).
+One process works too (``.venv/bin/python examples/train_mgno_mpi.py ...``), and so does torchrun
+(``.venv/bin/torchrun --nproc-per-node 2 examples/train_mgno_mpi.py ...``: torch.distributed, gloo on CPU).
 
 Time on a 2-core CPU machine (shared with other jobs): the defaults (160 samples, 64x64, width 16, 3 layers,
 10 epochs) take about 45 s in one process (~4 s per epoch) and 2-3 minutes on 2 ranks (~15 s per epoch: at 64x64

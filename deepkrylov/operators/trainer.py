@@ -251,9 +251,9 @@ class Trainer:
             if conflicts:
                 listed = "; ".join(f"{k}: checkpoint {a!r}, now {b!r}" for k, a, b in conflicts)
                 raise ValueError(
-                    f"cannot resume from {path!r}: the training configuration differs from the checkpoint's ({listed}). "
-                    f"Use the checkpoint's values, or train into a new output directory; options that may change "
-                    f"on resume: {', '.join(RESUMABLE_OPTIONS)}"
+                    f"cannot resume from {path!r}: the training configuration differs from the checkpoint's "
+                    f"({listed}). Use the checkpoint's values, or train into a new output directory; options that "
+                    f"may change on resume: {', '.join(RESUMABLE_OPTIONS)}"
                 )
             if self.config["scheduler"] == "cosine" and st["config"].get("epochs") != self.config["epochs"]:
                 log.warning("resuming a cosine schedule with epochs %s instead of %s: the schedule keeps its "
