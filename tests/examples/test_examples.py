@@ -70,6 +70,25 @@ def test_smoke_methods(tmp_path, dim, n, method) -> None:
         assert all(r["icc_iterations"] > 0 for r in stats["records"] if r["rhs_norm"] > 0)
 
 
+def test_smoke_learned_multigrid_3d(tmp_path, capsys) -> None:
+    """--method learned runs LearnedMultigrid when weights load (here: a StencilNet's initial weights, which equal
+    the classical cycle, so the iterations match --method mg) and says when it falls back."""
+    from deepkrylov.solvers.learned_multigrid import StencilNet, save_stencil_net
+
+    weights = tmp_path / "stencils.pt"
+    save_stencil_net(StencilNet(dim=3), weights)
+    smoke = _load("smoke/smoke.py")
+    common = ["--dim", "3", "--n", "16", "--steps", "3", "--no-gif", "--frame-every", "0", "--no-compare-icc"]
+    assert smoke.main([*common, "--method", "learned", "--learned-model", str(weights), "--out", str(tmp_path / "l")]) == 0
+    assert "unavailable" not in capsys.readouterr().out
+    assert smoke.main([*common, "--method", "mg", "--out", str(tmp_path / "mg")]) == 0
+    learned, mg = _check_smoke(tmp_path / "l", 3, 1e-6, False), _check_smoke(tmp_path / "mg", 3, 1e-6, False)
+    assert [r["iterations"] for r in learned["records"]] == [r["iterations"] for r in mg["records"]]
+    assert smoke.main([*common, "--method", "learned", "--learned-model", str(tmp_path / "missing.pt"),
+                       "--out", str(tmp_path / "fallback")]) == 0
+    assert "using the geometric multigrid" in capsys.readouterr().out
+
+
 def test_smoke_3d_gif_and_warm_start(tmp_path) -> None:
     smoke = _load("smoke/smoke.py")
     out = tmp_path / "smoke3d"
