@@ -79,7 +79,8 @@ def test_smoke_learned_multigrid_3d(tmp_path, capsys) -> None:
     save_stencil_net(StencilNet(dim=3), weights)
     smoke = _load("smoke/smoke.py")
     common = ["--dim", "3", "--n", "16", "--steps", "3", "--no-gif", "--frame-every", "0", "--no-compare-icc"]
-    assert smoke.main([*common, "--method", "learned", "--learned-model", str(weights), "--out", str(tmp_path / "l")]) == 0
+    learned_args = ["--method", "learned", "--learned-model", str(weights)]
+    assert smoke.main([*common, *learned_args, "--out", str(tmp_path / "l")]) == 0
     assert "unavailable" not in capsys.readouterr().out
     assert smoke.main([*common, "--method", "mg", "--out", str(tmp_path / "mg")]) == 0
     learned, mg = _check_smoke(tmp_path / "l", 3, 1e-6, False), _check_smoke(tmp_path / "mg", 3, 1e-6, False)
