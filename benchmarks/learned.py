@@ -111,7 +111,7 @@ def main() -> None:
                 if spec == args.scenes[0] and ranks == args.ranks[0]:
                     plot(ok, RESULTS / f"learned_residuals_{n}.png", f"{spec} scene {n}^3, {ranks} rank(s), rtol {args.rtol:g}")
                 args.out.write_text(json.dumps({"rtol": args.rtol, "rows": rows}, indent=1))
-    print(f"\nratios of total time to the fastest PETSc baseline (target: learned <= 0.1, mg <= 0.2):")
+    print("\nratios of total time to the fastest PETSc baseline (target: learned <= 0.1, mg <= 0.2):")
     for r in rows:
         if r.get("method") in ("learned", "mg") and "total_over_fastest_petsc" in r:
             print(f"  {r['scene']:<14} {r['n']:>4} ranks {r['ranks']} {r['method']:<8} {r['total_over_fastest_petsc']:.3f}")

@@ -18,7 +18,6 @@ multigrid and can only be measured against it.
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from pathlib import Path
@@ -73,8 +72,17 @@ class StencilNet(torch.nn.Module):
     def config(self) -> dict:
         return {"dim": self.dim, "steps": self.steps, "lo": self.lo, "hi": self.hi}
 
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.conv(features)
+    def forward(self, features: torch.Tensor, dtype: Optional[torch.dtype] = None) -> torch.Tensor:
+        """The stencil channels, in ``dtype`` (default: the network's)."""
+        dtype = dtype or self.conv.weight.dtype
+        if self.training or features.device.type != "cpu":
+            return self.conv(features.to(self.conv.weight.dtype)).to(dtype)
+        # inference (set-up) on CPU: torch's float64 conv takes a slow path (7 s at 128^3 here, 0.24 s in float32);
+        # the weights' part in float32, the bias (the classical smoother's dampings) added in float64 so that the
+        # initial weights still reproduce the classical cycle to rounding
+        conv = F.conv3d if self.dim == 3 else F.conv2d
+        out = conv(features.float(), self.conv.weight.float(), None, padding=1).to(dtype)
+        return out.add_(self.conv.bias.to(dtype).view((1, -1) + (1,) * self.dim))
 
 
 def save_stencil_net(net: StencilNet, path: Union[str, Path], **extra: Any) -> None:
@@ -109,7 +117,7 @@ def level_features(masks: list[torch.Tensor]) -> list[torch.Tensor]:
     out = []
     frac = None
     for i, m in enumerate(masks):
-        onehot = torch.stack([(m == k) for k in (FLUID, SOLID, EMPTY)]).to(torch.float64)[None]
+        onehot = torch.stack([(m == k) for k in (FLUID, SOLID, EMPTY)]).to(torch.float32)[None]  # exact
         if i == 0:
             frac = onehot
         else:
@@ -132,30 +140,31 @@ def _shift(w: torch.Tensor, axis: int, step: int, periodic: bool) -> torch.Tenso
     return out
 
 
-def stencil_fields(net: StencilNet, A: DiffusionOperator, features: torch.Tensor) -> dict:
-    """The level's smoothing stencils (already times ``D^-1``), their transposes, and the correction weight, as
-    whole-grid tensors ``(points, *shape)``; differentiable in the network's weights."""
+def stencil_fields(net: StencilNet, A: DiffusionOperator, features: torch.Tensor,
+                   dtype: torch.dtype = torch.float64) -> dict:
+    """The level's smoothing stencils (already times ``D^-1``) and their transposes in the compiled pass's form
+    ``[d, w0l, w0h, w1l, w1h, w2l, w2h]`` with ``S x = d x - sum_j w_j x[neighbour j]`` (five entries in 2D), and the
+    correction weight; whole-grid tensors of ``dtype``, differentiable in the network's weights."""
     nd = A.grid.ndim
-    raw = net(features.to(next(net.parameters()).dtype))[0].to(torch.float64)
-    fluid = A.fluid.to(torch.float64)
-    dinv = fluid / A.diagonal().to(torch.float64)
-    # a link carries weight only between fluid cells inside the domain (periodic axes wrap)
-    links = []
+    raw = net(features, dtype)[0]
+    fluid = A.fluid
+    dinv = (fluid / A.diagonal()).to(dtype)
+    links = []  # a link carries weight only between fluid cells inside the domain (periodic axes wrap)
     for a in range(nd):
         p = A.bc.periodic(a)
-        links += [fluid * _shift(fluid, a, 1, p), fluid * _shift(fluid, a, -1, p)]
+        links += [fluid & _shift(fluid, a, 1, p), fluid & _shift(fluid, a, -1, p)]
     steps, transposes = [], []
     P = net.points
     for k in range(net.steps):
-        w = raw[k * P:(k + 1) * P]
-        centre = w[0] * dinv
-        nbrs = [w[1 + j] * dinv * links[j] for j in range(2 * nd)]
-        steps.append(torch.stack([centre] + nbrs))
+        centre = raw[k * P] * dinv
+        nbrs = [(raw[k * P + 1 + j] * dinv).masked_fill_(~links[j], 0.0).neg_() if not raw.requires_grad
+                else -(raw[k * P + 1 + j] * dinv * links[j]) for j in range(2 * nd)]
+        steps.append([centre] + nbrs)
         tr = [centre]
         for a in range(nd):  # S^T: the low neighbour's weight is the high weight of the cell below, and so on
             p = A.bc.periodic(a)
             tr += [_shift(nbrs[2 * a + 1], a, 1, p), _shift(nbrs[2 * a], a, -1, p)]
-        transposes.append(torch.stack(tr))
+        transposes.append(tr)
     return {"steps": steps, "transposes": transposes, "weight": raw[-1] * fluid}
 
 
@@ -188,7 +197,8 @@ class LearnedMultigrid(Multigrid):
         super().setup(A, grid)
         with torch.no_grad():
             feats = level_features([op.mask for op in self._ops])
-            self._fields = [stencil_fields(self.net, op, f) for op, f in zip(self._ops, feats)]
+            dtype = self.dtype or torch.float64
+            self._fields = [stencil_fields(self.net, op, f, dtype) for op, f in zip(self._ops, feats)]
         self._slice_fields()
         self.setup_time = time.perf_counter() - t0
         return self
@@ -213,9 +223,8 @@ class LearnedMultigrid(Multigrid):
 
     def _slice_fields(self) -> None:
         for lev, fields in zip(self._levels, self._fields):
-            sl = (slice(None),) + lev.sl
-            lev.stencils = [w[sl].contiguous() for w in fields["steps"]]
-            lev.transposes = [w[sl].contiguous() for w in fields["transposes"]]
+            lev.stencils = [[w[lev.sl].contiguous() for w in ws] for ws in fields["steps"]]
+            lev.transposes = [[w[lev.sl].contiguous() for w in ws] for ws in fields["transposes"]]
             lev.weight = fields["weight"][lev.sl].contiguous()
             lev._cache = {k: v for k, v in lev._cache.items() if k[0] != "weight"}
             lev.stencil_pad = _StencilPad(lev)
@@ -266,39 +275,43 @@ class _CoarseSolve(torch.autograd.Function):
 
 
 class _StencilPad:
-    """Apply a per-cell stencil ``(points, *block)`` to a field: ``y = w_0 x + sum_j w_j x[neighbour j]``."""
+    """Apply a per-cell stencil ``[d, w0l, w0h, ...]`` to a field: ``y = d x - sum_j w_j x[neighbour j]``."""
 
     def __init__(self, lev: _Level) -> None:
         self.lev = lev
         self.nd = lev.nd
-        # the compiled seven-point pass (y = d x - sum w x_nb) serves whole 3D blocks without periodic axes
+        # the compiled seven-point pass serves whole 3D blocks without periodic axes
         self.compiled = lev.nd == 3 and lev.grid is None and not any(lev.periodic) and \
             _kernels.stencil_library() is not None
-        self._coefs: dict = {}
+        self._typed: dict = {}
+        self._zero: dict = {}
 
-    def _compiled(self, w: torch.Tensor, x: torch.Tensor, out: Optional[torch.Tensor]) -> torch.Tensor:
-        key = (id(w), x.dtype)
-        hit = self._coefs.get(key)
+    def _as(self, w: list, like: torch.Tensor) -> list:
+        """``w`` in ``like``'s dtype (cached: the stencils are fixed between set-ups)."""
+        if all(t.dtype == like.dtype for t in w):
+            return w
+        key = (id(w), like.dtype)
+        hit = self._typed.get(key)
         if hit is None or hit[0] is not w:
-            coefs = [w[0].to(x.dtype).contiguous()] + [(-w[j]).to(x.dtype).contiguous() for j in range(1, 7)]
-            hit = self._coefs[key] = (w, coefs, torch.zeros(x.shape[-1], dtype=x.dtype))
-        out = torch.empty_like(x) if out is None else out
-        x4 = x.reshape((-1,) + tuple(x.shape[-3:]))
-        _kernels.stencil7(x4, out.view(x4.shape), [None] * 6, None, hit[1], hit[2])
-        return out
+            hit = self._typed[key] = (w, [t.to(like.dtype) for t in w])
+        return hit[1]
 
-    def apply(self, w: torch.Tensor, x: torch.Tensor, out: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """``w`` applied to ``x``, into ``out`` (None: a new, differentiable tensor)."""
+    def apply(self, w: list, x: torch.Tensor, out: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """The stencil ``w`` applied to ``x``, into ``out`` (None: a new, differentiable tensor)."""
         nd = self.nd
-        if self.compiled and not (torch.is_grad_enabled() and (w.requires_grad or x.requires_grad)) \
+        w = self._as(w, x)
+        if self.compiled and not (torch.is_grad_enabled() and (w[1].requires_grad or x.requires_grad)) \
                 and x.dtype in (torch.float32, torch.float64) and x.is_contiguous():
-            return self._compiled(w, x, out)
+            out = torch.empty_like(x) if out is None else out
+            x4 = x.reshape((-1,) + tuple(x.shape[-3:]))
+            zero = self._zero.setdefault((x.dtype, x4.shape[-1]), torch.zeros(x4.shape[-1], dtype=x.dtype))
+            _kernels.stencil7(x4, out.view(x4.shape), [None] * 6, None, w, zero)
+            return out
         lev = self.lev
         if lev.grid is not None:
             p = GridTensor(x, lev.grid).halo(1, "circular" if any(lev.periodic) else "zeros")
         else:
             p = F.pad(x, (1, 1) * nd, mode="circular" if any(lev.periodic) else "constant")
-        w = w.to(dtype=x.dtype)
         lead = p.dim() - nd
         inner = [slice(1, -1)] * nd
         y = torch.mul(x, w[0], out=out)
@@ -306,6 +319,6 @@ class _StencilPad:
             for j, start in enumerate((0, 2)):
                 idx = list(inner)
                 idx[a] = slice(start, start + x.shape[lead + a])
-                y = y.addcmul_(w[1 + 2 * a + j], p[(Ellipsis,) + tuple(idx)]) if out is not None else \
-                    y + w[1 + 2 * a + j] * p[(Ellipsis,) + tuple(idx)]
+                nb = p[(Ellipsis,) + tuple(idx)]
+                y = y.addcmul_(w[1 + 2 * a + j], nb, value=-1) if out is not None else y - w[1 + 2 * a + j] * nb
         return y

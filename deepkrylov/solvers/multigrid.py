@@ -17,9 +17,8 @@ iterations equal the serial ones.
 
 from __future__ import annotations
 
-import math
 import time
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Optional, Union
 
 import numpy as np
 import scipy.sparse as sp
