@@ -190,8 +190,8 @@ class _Transfer:
         denom = _interpolate(weight, nd)
         fluid = fine.A.fluid
         scale = torch.where(fluid & (denom > 0), 1.0 / denom.clamp_min(1e-300), torch.zeros_like(denom))
-        self.scale = scale[fine.sl]  # per fine cell: fluid mask / sum of the counted weights
-        self.value = (cmask == FLUID).to(torch.float64)[coarse.sl]  # coarse cells whose values are carried
+        self.scale = scale[fine.sl].contiguous()  # per fine cell: fluid mask / sum of the counted weights
+        self.value = (cmask == FLUID).to(torch.float64)[coarse.sl].contiguous()  # coarse cells whose values count
         self._cache: dict = {}
 
     def typed(self, name: str, like: torch.Tensor) -> torch.Tensor:
@@ -208,7 +208,7 @@ class _Transfer:
                     block: Optional[tuple] = None) -> torch.Tensor:
         """``u + weight P xc`` (in place unless autograd needs a new tensor); ``block``: the slice of the whole
         fine grid that ``u`` holds."""
-        if block is None and self.fine.nd == 3 and _kernels.transfer_ok(xc, u):
+        if block is None and self.fine.nd == 3 and _kernels.transfer_ok(xc, u, self.typed("scale", u)):
             scale = self.typed("scale", u)
             if weight is not None:
                 hit = self._cache.get("weighted")
