@@ -168,7 +168,9 @@ def test_ex45_converges_with_the_iterations_of_python(ex45, pc, ranks):
     assert py["residual"] <= 1e-4 * py["bnorm"]
     assert c["residual"] == pytest.approx(py["residual"], rel=1e-3, abs=1e-12 * py["bnorm"])  # ex45 prints %g
     assert c["its"] == py["its"], (c["its"], py["its"])
-    np.testing.assert_allclose(c["history"], py["history"], rtol=1e-9)  # ex45 prints 13 digits
+    # ex45 prints 13 digits; the shipped learned stencils come from a float32 convolution at set-up, whose rounding
+    # depends on the thread count of the process (the C program's embedded Python vs this one)
+    np.testing.assert_allclose(c["history"], py["history"], rtol=1e-9 if pc != "LearnedMG" else 1e-5)
 
 
 @pytest.mark.parametrize("ranks", [1, 2])

@@ -116,6 +116,8 @@ class DCDMNet(nn.Module):
 
     def forward(self, r: Field) -> Field:
         self._check(r)
+        if isinstance(r, GridTensor) and r.grid.size == 1 and self._fast_path(r.local):
+            return r.with_local(self._mkldnn_twin()(r.local.contiguous().to_mkldnn()).to_dense())
         if self._fast_path(r):
             return self._mkldnn_twin()(r.to_mkldnn()).to_dense()
         h = self.lift(r)
