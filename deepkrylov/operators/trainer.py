@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULERS = ("none", "step", "cosine", "exponential", "inverse_time")
-MONITORS = ("rel_l2", "mse")
+MONITORS = ("rel_l2", "mse", "loss")
 LOSSES = ("l2", "l1", "mse", "h1")
 
 MODELS: dict[str, Callable[..., torch.nn.Module]] = {}
@@ -336,10 +336,11 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self, ds: Dataset) -> dict[str, float]:
-        """Relative L2 error and MSE on ``ds`` (per-sample values averaged); under DDP each rank evaluates a
-        contiguous share and the sums are all-reduced (no sample counted twice)."""
+        """Relative L2 error, MSE and the training loss on ``ds`` (per-sample values averaged; the loss is what a
+        model with its own objective, e.g. a solver's network, is selected by: ``monitor="loss"``); under DDP each
+        rank evaluates a contiguous share and the sums are all-reduced (no sample counted twice)."""
         self.model.eval()
-        rel, mse, count = 0.0, 0.0, 0
+        rel, mse, loss, count = 0.0, 0.0, 0.0, 0
         n, bs = len(ds), self.config["batch_size"]  # type: ignore[arg-type]
         lo, hi = n * self._part // self.world, n * (self._part + 1) // self.world
         for i in range(lo, hi, bs):
@@ -347,8 +348,10 @@ class Trainer:
             pred = self.forward(self.module, tuple(inputs))
             rel += float(LpLoss(2, reduction="sum")(pred, y))
             mse += float(((pred - y) ** 2).reshape(y.shape[0], -1).mean(1).sum())
+            loss += float(self.loss_fn(pred, y)) * y.shape[0]
             count += y.shape[0]
-        return {"rel_l2": self._allmean(rel, count), "mse": self._allmean(mse, count)}
+        return {"rel_l2": self._allmean(rel, count), "mse": self._allmean(mse, count),
+                "loss": self._allmean(loss, count)}
 
     def fit(self, train: Dataset, evals: Optional[Mapping[str, Dataset]] = None,
             resume: Union[bool, str] = False) -> list[dict[str, Any]]:

@@ -90,7 +90,7 @@ def test_bad_config_and_checkpoint(tmp_path) -> None:
     with pytest.raises(FileNotFoundError):
         Trainer(_model()).load_checkpoint(str(tmp_path / "nope.pt"))
     with pytest.raises(ValueError, match="monitor must be one of"):
-        Trainer(_model(), {"monitor": "loss"})
+        Trainer(_model(), {"monitor": "val_loss"})
     with pytest.raises(RuntimeError, match="no best weights"):
         Trainer(_model()).restore_best()
 

@@ -102,69 +102,59 @@ def ritz_rhs(
     return b.reshape((count, 1) + tuple(vectors.shape[1:]))
 
 
+class LineSearchLoss(torch.nn.Module):
+    """:func:`dcdm_loss` as a ``loss(q, b)`` module for the :class:`~deepkrylov.operators.Trainer`."""
+
+    def __init__(self, operator) -> None:  # type: ignore[no-untyped-def]
+        super().__init__()
+        self.operator = operator
+
+    def forward(self, q: Field, b: Field) -> torch.Tensor:
+        return dcdm_loss(self.operator, b, q)
+
+
 def train_dcdm(
     model: torch.nn.Module, operator, rhs: torch.Tensor, *, out_dir: Union[str, Path], epochs: int = 10,  # type: ignore[no-untyped-def]
     batch_size: int = 10, lr: float = 1e-4, seed: int = 0, validation_fraction: float = 0.1,
     config: Optional[dict] = None, progress: bool = True,
 ) -> dict:
-    """Train with Adam on the line-search loss; resumable from ``out_dir/last.pt``.
+    """Train with Adam on the line-search loss, through the operators' :class:`~deepkrylov.operators.Trainer`
+    (the one training loop of the project: checkpoints, exact resume from ``out_dir/last.pt``, metrics).
 
-    Writes ``out_dir/model.pt`` (best validation weights + model config), ``last.pt`` (full state for resuming),
-    ``config.json`` and ``loss.json`` (the loss curve). Returns the final record.
+    Writes ``out_dir/model.pt`` (best validation weights + model config), the Trainer's ``last.pt``/``best.pt``/
+    ``metrics.jsonl``, ``config.json`` and ``loss.json`` (the loss curve). Returns the final record.
     """
-    from tqdm import tqdm
+    from torch.utils.data import TensorDataset
+
+    from deepkrylov.operators.trainer import Trainer
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(seed)
     n_val = max(1, int(round(validation_fraction * rhs.shape[0])))
-    train_b, val_b = rhs[n_val:], rhs[:n_val]
     dtype = next(model.parameters()).dtype
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    state = {"epoch": 0, "history": [], "best": math.inf}
-    last = out / "last.pt"
-    if last.exists():
-        ckpt = torch.load(last, weights_only=False)
-        model.load_state_dict(ckpt["model"])
-        opt.load_state_dict(ckpt["optimizer"])
-        torch.set_rng_state(ckpt["rng"])
-        state = ckpt["state"]
-        log.info("resumed from %s at epoch %d", last, state["epoch"])
+    train_b, val_b = rhs[n_val:].to(dtype), rhs[:n_val].to(dtype)
     record = {
         "model": model.config() if hasattr(model, "config") else {}, "epochs": epochs, "batch_size": batch_size,
         "lr": lr, "seed": seed, "train_size": int(train_b.shape[0]), "validation_size": n_val, **(config or {}),
     }
     (out / "config.json").write_text(json.dumps(record, indent=2))
-    for epoch in range(state["epoch"], epochs):
-        t0 = time.perf_counter()
-        perm = torch.randperm(train_b.shape[0])
-        model.train()
-        losses = []
-        bar = tqdm(range(0, len(perm), batch_size), desc=f"epoch {epoch + 1}/{epochs}", disable=not progress, leave=False)
-        for i in bar:
-            b = train_b[perm[i : i + batch_size]].to(dtype)
-            loss = dcdm_loss(operator, b, model(b))
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            losses.append(loss.item())
-            bar.set_postfix(loss=f"{losses[-1]:.4e}")
-        model.eval()
-        with torch.no_grad():
-            val = sum(dcdm_loss(operator, vb.to(dtype), model(vb.to(dtype))).item() for vb in val_b.split(batch_size))
-            val /= math.ceil(n_val / batch_size)
-        entry = {"epoch": epoch + 1, "train_loss": sum(losses) / len(losses), "val_loss": val,
-                 "seconds": time.perf_counter() - t0}
-        state["history"].append(entry)
-        state["epoch"] = epoch + 1
-        log.info("epoch %d: train %.4e  val %.4e  (%.1fs)", epoch + 1, entry["train_loss"], val, entry["seconds"])
-        if val < state["best"]:
-            state["best"] = val
-            torch.save({"config": record["model"], "state_dict": model.state_dict(), "val_loss": val}, out / "model.pt")
-        torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "rng": torch.get_rng_state(),
-                    "state": state}, last)
-        (out / "loss.json").write_text(json.dumps(state["history"], indent=2))
-    return {"config": record, "history": state["history"], "best_val_loss": state["best"]}
+    trainer = Trainer(model, dict(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, monitor="loss",
+                                  progress=progress), out_dir=str(out), device="cpu", loss=LineSearchLoss(operator))
+    t0 = time.perf_counter()
+    earlier = json.loads((out / "loss.json").read_text()) if (out / "last.pt").exists() and \
+        (out / "loss.json").exists() else []
+    history = trainer.fit(TensorDataset(train_b, train_b), {"val": TensorDataset(val_b, val_b)}, resume=True)
+    if trainer.best_state is not None:  # improved in this run (else model.pt already holds the best weights)
+        trainer.restore_best()
+        torch.save({"config": record["model"], "state_dict": model.state_dict(), "val_loss": trainer.best},
+                   out / "model.pt")
+    first = history[0]["epoch"] if history else epochs + 1
+    curve = [h for h in earlier if h["epoch"] < first] + [
+        {"epoch": h["epoch"], "train_loss": h["train_loss"], "val_loss": h.get("val/loss")} for h in history]
+    (out / "loss.json").write_text(json.dumps(curve, indent=2))
+    log.info("trained %d epochs in %.1f s, best validation loss %.4e", len(curve), time.perf_counter() - t0,
+             trainer.best)
+    return {"config": record, "history": curve, "best_val_loss": trainer.best}
 
 
 def train_scene_model(
