@@ -244,11 +244,10 @@ def register(sub: Any, train_sub: Any) -> None:
     t.add_argument("--scenes", type=int, default=36)
     t.add_argument("--validation-scenes", type=int, default=4)
     t.add_argument("--lanczos-steps", type=int, default=150)
-    t.add_argument("--steps", type=int, default=3000, help="Adam steps (default 3000)")
+    t.add_argument("--epochs", type=int, default=7, help="passes over the training samples (default 7)")
     t.add_argument("--batch-size", type=int, default=8)
     t.add_argument("--lr", type=float, default=1e-3)
     t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--time-limit", type=float, default=None, help="stop after this many seconds")
     t.add_argument("--loss", default="energy", choices=("energy", "residual"),
                    help="energy: ||(I - MA) e||_A (default; keeps the cycle positive definite); residual: the anchor's")
     t.add_argument("--init", type=Path, default=None, help="start from these weights ('shipped': the packaged ones)")
@@ -267,13 +266,13 @@ def _cmd_train_learned_mg(args: argparse.Namespace) -> int:
             net.train()
         _, record = train_learned_multigrid(
             sizes=args.sizes, scenes=args.scenes, validation_scenes=args.validation_scenes,
-            lanczos_steps=args.lanczos_steps, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-            seed=args.seed, net=net, out=args.out, time_limit=args.time_limit, loss=args.loss,
+            lanczos_steps=args.lanczos_steps, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+            seed=args.seed, net=net, out=args.out, loss=args.loss, progress=True,
             command="deepkrylov " + " ".join(sys.argv[1:]))
     except (ValueError, FileNotFoundError) as err:
         raise SystemExit(f"deepkrylov train learned-mg: {err}")
     print(f"trained: validation loss {record['initial_validation_loss']:.4e} -> {record['best_validation_loss']:.4e} "
-          f"after {record['steps']} steps ({record['total_seconds']:.0f} s); weights in {args.out}")
+          f"after {record['epochs']} epochs ({record['total_seconds']:.0f} s); weights in {args.out}")
     if args.ship:
         import shutil
 
