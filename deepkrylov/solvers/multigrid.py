@@ -96,7 +96,19 @@ def _full_weighting(q: torch.Tensor, nd: int) -> torch.Tensor:
     return q
 
 
-class _Level:
+class _Cached:
+    """``typed(name, like)``: the attribute ``name`` in ``like``'s dtype and device, converted once."""
+
+    _cache: dict
+
+    def typed(self, name: str, like: torch.Tensor) -> torch.Tensor:
+        key = (name, like.dtype, like.device)
+        if key not in self._cache:
+            self._cache[key] = getattr(self, name).to(dtype=like.dtype, device=like.device)
+        return self._cache[key]
+
+
+class _Level(_Cached):
     """One level of the hierarchy: the operator, its inverse diagonal and the transfer weights, on this rank's
     block (``grid`` set) or whole (``grid`` None)."""
 
@@ -108,12 +120,6 @@ class _Level:
         self.inv_diag = (1.0 / A.diagonal())[self.sl]
         self.periodic = tuple(A.bc.periodic(a) for a in range(self.nd))
         self._cache: dict = {}
-
-    def typed(self, name: str, like: torch.Tensor) -> torch.Tensor:
-        key = (name, like.dtype, like.device)
-        if key not in self._cache:
-            self._cache[key] = getattr(self, name).to(dtype=like.dtype, device=like.device)
-        return self._cache[key]
 
     def apply(self, x: torch.Tensor) -> torch.Tensor:
         if self.grid is None:
@@ -169,7 +175,7 @@ class _Level:
         return p
 
 
-class _Transfer:
+class _Transfer(_Cached):
     """Prolongation ``P`` from ``coarse`` to ``fine`` and restriction ``P^T`` (module docstring)."""
 
     def __init__(self, fine: _Level, coarse: _Level) -> None:
@@ -193,12 +199,6 @@ class _Transfer:
         self.scale = scale[fine.sl].contiguous()  # per fine cell: fluid mask / sum of the counted weights
         self.value = (cmask == FLUID).to(torch.float64)[coarse.sl].contiguous()  # coarse cells whose values count
         self._cache: dict = {}
-
-    def typed(self, name: str, like: torch.Tensor) -> torch.Tensor:
-        key = (name, like.dtype, like.device)
-        if key not in self._cache:
-            self._cache[key] = getattr(self, name).to(dtype=like.dtype, device=like.device)
-        return self._cache[key]
 
     def prolong(self, xc: torch.Tensor) -> torch.Tensor:
         p = self.coarse.pad(xc * self.typed("value", xc))
