@@ -11,7 +11,7 @@ from tests.helpers import run_pytest_mpi
 @pytest.mark.parametrize("n", [2, 4])
 @pytest.mark.parametrize(
     "target", ["tests/solvers/test_krylov.py", "tests/solvers/test_petsc.py", "tests/solvers/test_mesh_solve.py",
-               "tests/solvers/test_multigrid.py"],
+               "tests/solvers/test_multigrid.py", "tests/solvers/test_learned_multigrid.py"],
 )
 def test_on_ranks(n, target):
     run_pytest_mpi(n, target, backend="mpi", timeout=300)
