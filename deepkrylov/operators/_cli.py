@@ -12,7 +12,7 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-from .trainer import SCHEDULERS
+from .trainer import RESAMPLE, SCHEDULERS
 
 log = logging.getLogger("deepkrylov.operators")
 
@@ -36,7 +36,8 @@ class _Default:
 
 # options a resumed run takes from the run (checkpoint config / model.json) unless given; given ones must agree
 _TRAIN_OPTIONS = ("epochs", "batch_size", "lr", "optimizer", "weight_decay", "loss", "scheduler", "step_size",
-                  "gamma", "seed")
+                  "gamma", "seed", "resolutions", "resample")
+_GRID_ONLY = ("resolutions", "resample")  # training options of the grid models only
 _MODEL_OPTIONS = {"deeponet": ("branch", "trunk", "pod", "activation"), "mgno": ("width", "layers", "levels"),
                   "fno": ("width", "layers", "modes"), "converted-unet": ("width", "layers")}
 _RESUME_MAY_CHANGE = ("epochs",)
@@ -108,6 +109,12 @@ def register(sub: Any, train_sub: Any) -> None:
             t.add_argument("--layers", type=int, default=4 if name != "converted-unet" else 3,
                            help="MgNO/FNO layers; U-Net depth (number of 2x down-samplings)")
             t.add_argument("--modes", type=int, default=12, help="FNO Fourier modes")
+            t.add_argument("--resolutions", type=_ints, default=None,
+                           help="multi-resolution training: every batch at one of these grid sizes in turn, e.g. "
+                                "32,64 (resampled from the data's grid by --resample; the test set stays at its own)")
+            t.add_argument("--resample", default="stride", choices=RESAMPLE,
+                           help="how --resolutions grids are made: stride (every s-th point), area (block means), "
+                                "linear (interpolation, any size)")
         if name == "mgno":
             t.add_argument("--levels", type=int, default=6,
                            help="V-cycle levels (one smoothing step each, two on the coarsest); the grid must be "
@@ -116,7 +123,8 @@ def register(sub: Any, train_sub: Any) -> None:
                            help="under mpiexec: split each sample's grid over the ranks (GridTensor) instead of "
                                 "splitting the batches (DDP), for grids too large for one process")
         t.set_defaults(func=_cmd_train, model=name)
-        tracked = _TRAIN_OPTIONS + _MODEL_OPTIONS[name] + ("ntrain",)
+        tracked = tuple(o for o in _TRAIN_OPTIONS if name != "deeponet" or o not in _GRID_ONLY) + \
+            _MODEL_OPTIONS[name] + ("ntrain",)
         t.set_defaults(**{dest: _Default(t.get_default(dest)) for dest in tracked})
 
 
@@ -238,7 +246,8 @@ def _resume_options(args: argparse.Namespace, is_root: bool) -> None:
         if spec.get("model", args.model) != args.model:
             raise SystemExit(f"deepkrylov train {args.model} --resume: {args.out} holds a {spec['model']} run")
         stored.update({k: spec[k] for k in _MODEL_OPTIONS[args.model] + ("ntrain",) if k in spec})
-    stored = {k: v for k, v in stored.items() if k in _TRAIN_OPTIONS + _MODEL_OPTIONS[args.model] + ("ntrain",)}
+    stored = {k: v for k, v in stored.items()
+              if k in _TRAIN_OPTIONS + _MODEL_OPTIONS[args.model] + ("ntrain",) and hasattr(args, k)}
     conflicts = [(k, v, getattr(args, k)) for k, v in stored.items()
                  if k in given and k not in _RESUME_MAY_CHANGE and _plain(v) != _plain(getattr(args, k))]
     if conflicts:
@@ -265,6 +274,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
     domain = getattr(args, "domain_parallel", False)
     ctx = _context(data_parallel=not domain)
     _resume_options(args, ctx.is_root)
+    if domain and args.resolutions:
+        raise SystemExit(f"deepkrylov train {args.model}: --resolutions and --domain-parallel cannot be combined "
+                         f"(the domain grid fixes one resolution)")
     try:
         x, y, c = load_arrays(args.data)
         xs, ys, _ = load_arrays(args.test) if args.test else (None, None, None)
@@ -309,6 +321,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     cfg = dict(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, loss=args.loss, scheduler=args.scheduler,
                step_size=args.step_size, gamma=args.gamma, seed=args.seed, loss_dim=max(1, x.ndim - 1),
                optimizer=args.optimizer, weight_decay=args.weight_decay)
+    if args.model != "deeponet":
+        cfg.update(resolutions=args.resolutions, resample=args.resample)
     if ctx.is_root:
         os.makedirs(args.out, exist_ok=True)
         if args.model == "deeponet":

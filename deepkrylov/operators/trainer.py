@@ -9,6 +9,8 @@ serial order, so a data-parallel run follows the serial one up to rounding), CUD
 Domain-parallel instead when a ``ProcessGrid`` is given: every rank takes the same batches, the model runs on
 this rank's block of each grid input (a ``GridTensor``; MgNO and HaloConv models), the output is gathered for the
 loss and the weight gradients are summed over the ranks -- for grids whose activations do not fit one process.
+Multi-resolution training: ``TrainConfig(resolutions=[32, 64])`` trains each batch at one of these grids in turn
+(resampled from the data's; see :class:`TrainConfig`).
 Data sets yield tuples ``(*inputs, target)``; the model is called as ``model(*inputs)``.
 """
 
@@ -32,6 +34,7 @@ __all__ = ["Trainer", "TrainConfig", "make_loss", "MODELS", "register_model", "R
 log = logging.getLogger(__name__)
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
+RESAMPLE = ("stride", "area", "linear")
 SCHEDULERS = ("none", "step", "cosine", "exponential", "inverse_time")
 MONITORS = ("rel_l2", "mse", "loss")
 LOSSES = ("l2", "l1", "mse", "h1")
@@ -58,11 +61,22 @@ def make_loss(name: str, d: int = 1) -> torch.nn.Module:
 
 
 class TrainConfig(dict):
-    """Plain dict of training options with defaults (kept JSON-serialisable for checkpoints and logs)."""
+    """Plain dict of training options with defaults (kept JSON-serialisable for checkpoints and logs).
+
+    Multi-resolution training: ``resolutions`` (e.g. ``[32, 64]``; an int is the size of every spatial axis, a
+    list one size per axis) trains every batch at one of these grids, in turn: global batch ``k`` (counted over
+    the epochs) at ``resolutions[k % len(resolutions)]``, so each resolution gets an equal share of the steps and
+    of the (shuffled) samples. Inputs and targets of shape ``(batch, channels, *spatial)`` -- every input with
+    the target's spatial shape -- are resampled from the data's grid by ``resample``: ``"stride"`` every ``s``-th
+    point (``s = n // r``, needs ``r`` to divide ``n``; the FNO benchmarks' ``[::s]``), ``"area"`` the mean over
+    ``s``-cell blocks (cell-centred data, needs ``r | n``), ``"linear"`` (bi/tri)linear interpolation between
+    cell centres to any size (``torch.nn.functional.interpolate``, ``align_corners=False``; also refines).
+    Evaluation sets are used at their own grids (pass one per resolution to compare)."""
 
     DEFAULTS: dict[str, Any] = dict(
         epochs=10, batch_size=32, lr=1e-3, weight_decay=0.0, optimizer="adam", scheduler="none",
         step_size=100, gamma=0.5, loss="l2", loss_dim=1, seed=0, eval_every=1, progress=True, monitor="rel_l2",
+        resolutions=None, resample="stride",
     )
 
     def __init__(self, **kwargs: Any) -> None:
@@ -70,6 +84,42 @@ class TrainConfig(dict):
         if unknown:
             raise ValueError(f"unknown training option(s) {sorted(unknown)}; allowed: {sorted(self.DEFAULTS)}")
         super().__init__({**self.DEFAULTS, **kwargs})
+        if self["resolutions"] is not None:
+            self["resolutions"] = _resolutions(self["resolutions"])
+        if self["resample"] not in RESAMPLE:
+            raise ValueError(f"resample must be one of {RESAMPLE}, but got {self['resample']!r}")
+
+
+def _resolutions(value: Any) -> list:
+    """``resolutions`` as a JSON-friendly list of ints (same size on every axis) or lists of ints (per axis)."""
+    if isinstance(value, (int, np.integer)) or not isinstance(value, (list, tuple)) or not value:
+        raise ValueError(f"resolutions must be a non-empty list of grid sizes like [32, 64], but got {value!r}")
+    out: list = []
+    for r in value:
+        sizes = [r] if isinstance(r, (int, np.integer)) else list(r) if isinstance(r, (list, tuple)) else None
+        if not sizes or any(not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n < 1 for n in sizes):
+            raise ValueError(f"resolutions must hold positive ints or lists of them, but got {value!r}")
+        out.append(int(r) if isinstance(r, (int, np.integer)) else [int(n) for n in sizes])
+    return out
+
+
+def _resample(t: torch.Tensor, size: tuple[int, ...], mode: str) -> torch.Tensor:
+    """``t`` (batch, channels, *spatial) on the grid ``size`` (see TrainConfig: stride, area, linear)."""
+    shape = tuple(t.shape[2:])
+    if shape == size:
+        return t
+    if mode == "linear":
+        kind = {1: "linear", 2: "bilinear", 3: "trilinear"}[len(size)]
+        return torch.nn.functional.interpolate(t, size=size, mode=kind, align_corners=False)
+    if any(r > n or n % r for n, r in zip(shape, size)):
+        raise ValueError(f"resample={mode!r} needs every resolution to divide the data's grid {shape}, but got "
+                         f"{size}; use resample='linear' for other sizes")
+    if mode == "stride":
+        return t[(slice(None), slice(None)) + tuple(slice(None, None, n // r) for n, r in zip(shape, size))]
+    pool = {1: torch.nn.functional.avg_pool1d, 2: torch.nn.functional.avg_pool2d,
+            3: torch.nn.functional.avg_pool3d}[len(size)]
+    k = tuple(n // r for n, r in zip(shape, size))
+    return pool(t, kernel_size=k, stride=k)
 
 
 RESUMABLE_OPTIONS = ("epochs", "eval_every", "progress")
@@ -149,6 +199,9 @@ class Trainer:
             raise ValueError(f"monitor must be one of {MONITORS}, but got {c['monitor']!r}")
         self.distributed, self.rank, self.world = _dist()
         self.grid = grid
+        if grid is not None and c["resolutions"]:
+            raise ValueError("resolutions (multi-resolution training) and a domain-parallel grid cannot be combined: "
+                             "the grid fixes one resolution")
         if grid is not None:  # domain-parallel: no data split, no DDP; ranks share every batch
             self.distributed, self.rank, self.world = False, grid.comm.rank, 1
         self._part = 0 if grid is not None else self.rank  # this rank's share of each batch (of ``world``)
@@ -313,6 +366,8 @@ class Trainer:
                 lo, hi = 0, 1
             idx = order[i + lo:i + hi] if order is not None else slice(i + lo, i + hi)
             *inputs, y = self._to(self._fetch(ds, idx))
+            if self.config["resolutions"]:
+                inputs, y = self._at_resolution(inputs, y, self.epoch * -(-n // bs) + i // bs)
             self.optimizer.zero_grad(set_to_none=True)
             loss = self.loss_fn(self.forward(self.model, tuple(inputs)), y)
             (loss if weight == 1.0 else loss * weight).backward()
@@ -325,6 +380,23 @@ class Trainer:
         if self.scheduler is not None:
             self.scheduler.step()
         return self._allmean(total, count)
+
+    def _at_resolution(self, inputs: list[torch.Tensor], y: torch.Tensor,
+                       step: int) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """Global batch ``step`` resampled to ``resolutions[step % len(resolutions)]`` (inputs on the target's grid
+        only; others, e.g. coordinates or parameters, pass unchanged)."""
+        res = self.config["resolutions"]
+        r = res[step % len(res)]
+        if y.ndim < 3:
+            raise ValueError(f"resolutions needs grid data (batch, channels, *spatial), but the target has shape "
+                             f"{tuple(y.shape)}")
+        shape = tuple(y.shape[2:])
+        size = tuple(r) if isinstance(r, list) else (r,) * len(shape)
+        if len(size) != len(shape):
+            raise ValueError(f"resolution {r} has {len(size)} axes, the data's grid {shape} has {len(shape)}")
+        mode = self.config["resample"]
+        return ([_resample(t, size, mode) if t.ndim == y.ndim and tuple(t.shape[2:]) == shape else t
+                 for t in inputs], _resample(y, size, mode))
 
     def _allmean(self, total: float, count: int) -> float:
         if self.distributed:

@@ -92,3 +92,13 @@ def test_cli_resume_refuses_a_conflicting_option(darcy, tmp_path) -> None:
     assert "--loss: the run used 'h1', the command gives 'l2'" in str(err.value)
     with pytest.raises(SystemExit, match="--width: the run used 8, the command gives 12"):
         main(["train", "fno", "--data", darcy, "--out", out, "--width", "12", "--resume"])
+
+
+def test_cli_multiresolution_run_resumes_with_its_resolutions(darcy, tmp_path) -> None:
+    out = str(tmp_path / "run")
+    assert _train(darcy, out, "--epochs", "1", "--resolutions", "8,16", "--resample", "area") == 0
+    assert main(["train", "fno", "--data", darcy, "--out", out, "--epochs", "2", "--resume"]) == 0
+    cfg = checkpoint_config(str(tmp_path / "run" / "last.pt"))
+    assert (cfg["resolutions"], cfg["resample"], cfg["epochs"]) == ([8, 16], "area", 2)
+    with pytest.raises(SystemExit, match="--resolutions: the run used \\[8, 16\\], the command gives \\[16\\]"):
+        _train(darcy, out, "--epochs", "3", "--resolutions", "16", "--resume")
