@@ -1,0 +1,111 @@
+"""The variable-size collectives of every engine (alltoall, gatherv, scatterv, allgatherv) against the elements
+each rank must end up with, and their adjoints (DistDL-style dot-product tests, summed over ranks).
+
+Runs serially and on several ranks with both engines (see test_launch.py).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+DTYPES = [torch.float64, torch.complex128, torch.int64, torch.float16, torch.bool]
+
+
+def _count(src: int, dst: int) -> int:
+    """Uneven per-peer sizes, zero for some pairs: 0..3 elements."""
+    return (2 * src + dst) % 4
+
+
+def _values(src: int, dst: int, dtype: torch.dtype) -> torch.Tensor:
+    """The elements ``src`` sends to ``dst``: distinct per pair, so any misrouting shows."""
+    v = torch.arange(_count(src, dst), dtype=torch.float64) + 100 * src + 10 * dst
+    if dtype == torch.bool:
+        return (v.to(torch.int64) % 3) == 1
+    if dtype.is_complex:
+        return torch.complex(v, -v).to(dtype)
+    return v.to(dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_alltoall_uneven_counts(ctx, dtype):
+    comm, me = ctx.comm, ctx.rank
+    send = torch.cat([_values(me, p, dtype) for p in range(comm.size)])
+    send_counts = [_count(me, p) for p in range(comm.size)]
+    recv_counts = [_count(p, me) for p in range(comm.size)]
+    got = comm.alltoall(send, send_counts, recv_counts)
+    expected = torch.cat([_values(p, me, dtype) for p in range(comm.size)])
+    assert got.dtype == dtype and got.shape == expected.shape
+    assert torch.equal(got, expected)
+    # into a caller's buffer, from a non-contiguous send
+    out = torch.empty(sum(recv_counts), dtype=dtype)
+    strided = torch.stack([send, send], 1)[:, 0]
+    assert comm.alltoall(strided, send_counts, recv_counts, out=out) is out
+    assert torch.equal(out, expected)
+
+
+def test_alltoall_adjoint(ctx):
+    """<A x, y> = <x, A* y> with A* = the alltoall with the count lists swapped."""
+    comm, me = ctx.comm, ctx.rank
+    g = torch.Generator().manual_seed(me)
+    sc = [(me + 3 * p) % 5 + 1 for p in range(comm.size)]
+    rc = [(p + 3 * me) % 5 + 1 for p in range(comm.size)]
+    x = torch.randn(sum(sc), generator=g, dtype=torch.float64)
+    y = torch.randn(sum(rc), generator=g, dtype=torch.float64)
+    ax, aty = comm.alltoall(x, sc, rc), comm.alltoall(y, rc, sc)
+    lhs = comm.allreduce_((ax * y).sum().reshape(1))
+    rhs = comm.allreduce_((x * aty).sum().reshape(1))
+    torch.testing.assert_close(lhs, rhs, rtol=1e-13, atol=0)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("root", ["first", "last"])
+def test_gatherv_scatterv_allgatherv(ctx, dtype, root):
+    comm, me = ctx.comm, ctx.rank
+    root = 0 if root == "first" else comm.size - 1
+    counts = [_block(p, dtype).numel() for p in range(comm.size)]
+    whole = torch.cat([_block(p, dtype) for p in range(comm.size)])
+    mine = _block(me, dtype)
+    assert mine.numel() == counts[me]
+
+    got = comm.gatherv(mine, counts, root=root)
+    assert (got is None) == (me != root)
+    if got is not None:
+        assert torch.equal(got, whole)
+    part = comm.scatterv(whole if me == root else None, counts, root=root, dtype=dtype)
+    assert part.dtype == dtype and torch.equal(part, mine)
+    out = torch.empty(counts[me], dtype=dtype)
+    assert comm.scatterv(whole if me == root else None, counts, root=root, out=out) is out and torch.equal(out, mine)
+    assert torch.equal(comm.allgatherv(mine, counts), whole)
+
+
+def _block(rank: int, dtype: torch.dtype) -> torch.Tensor:
+    n = _count(rank, rank + 1) + 1
+    v = torch.arange(n, dtype=torch.float64) * 2 + 1000 * rank
+    if dtype == torch.bool:
+        return (v.to(torch.int64) % 4) == 0
+    return torch.complex(v, v + 1).to(dtype) if dtype.is_complex else v.to(dtype)
+
+
+def test_gatherv_scatterv_adjoint(ctx):
+    """<G x, y>_root = <x, S y>: the scatter from the root is the adjoint of the gather to it."""
+    comm, me = ctx.comm, ctx.rank
+    counts = [3 + (p % 3) for p in range(comm.size)]
+    x = torch.randn(counts[me], generator=torch.Generator().manual_seed(7 + me), dtype=torch.float64)
+    y = torch.randn(sum(counts), generator=torch.Generator().manual_seed(99), dtype=torch.float64)
+    gx = comm.gatherv(x, counts, root=0)
+    sy = comm.scatterv(y if me == 0 else None, counts, root=0, dtype=torch.float64)
+    lhs = comm.allreduce_(((gx * y).sum() if me == 0 else torch.zeros((), dtype=torch.float64)).reshape(1))
+    rhs = comm.allreduce_((x * sy).sum().reshape(1))
+    torch.testing.assert_close(lhs, rhs, rtol=1e-13, atol=0)
+
+
+def test_bad_counts_and_root(ctx):
+    comm = ctx.comm
+    x = torch.zeros(4, dtype=torch.float64)
+    with pytest.raises(ValueError, match=f"send_counts must be {comm.size} non-negative element counts"):
+        comm.alltoall(x, [4] * (comm.size + 1), [4] * comm.size)
+    with pytest.raises(ValueError, match=r"root must be a rank in \[0, "):
+        comm.gatherv(x, [4] * comm.size, root=comm.size)
+    with pytest.raises(ValueError, match="send has 4 elements, but the counts add up to 5"):
+        comm.allgatherv(x, [5] * comm.size)
