@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import TYPE_CHECKING, Optional, Sequence
 
 import torch
+
+if TYPE_CHECKING:
+    from deepkrylov.distributed import ProcessGrid
 
 __all__ = ["StructuredGrid"]
 
@@ -35,13 +38,21 @@ class StructuredGrid:
             n *= s
         return n
 
-    def centers(self, dtype: torch.dtype = torch.float64) -> list[torch.Tensor]:
-        """1D cell-centre coordinates per axis."""
-        return [(torch.arange(n, dtype=dtype) + 0.5) * h for n, h in zip(self.shape, self.spacing)]
+    def centers(self, dtype: torch.dtype = torch.float64, partition: Optional["ProcessGrid"] = None) -> list[torch.Tensor]:
+        """1D cell-centre coordinates per axis; with ``partition``, those of this rank's block (the same numbers as
+        the whole grid's, sliced)."""
+        if partition is None:
+            return [(torch.arange(n, dtype=dtype) + 0.5) * h for n, h in zip(self.shape, self.spacing)]
+        if partition.global_shape != self.shape:
+            raise ValueError(f"the partition is over a grid of shape {partition.global_shape}, but the grid has "
+                             f"shape {self.shape}")
+        return [(torch.arange(s, s + n, dtype=dtype) + 0.5) * h
+                for s, n, h in zip(partition.starts, partition.local_shape, self.spacing)]
 
-    def meshgrid(self, dtype: torch.dtype = torch.float64) -> list[torch.Tensor]:
-        """Cell-centre coordinates as ``ndim`` arrays of ``shape`` (``indexing='ij'``)."""
-        return list(torch.meshgrid(*self.centers(dtype), indexing="ij"))
+    def meshgrid(self, dtype: torch.dtype = torch.float64, partition: Optional["ProcessGrid"] = None) -> list[torch.Tensor]:
+        """Cell-centre coordinates as ``ndim`` arrays of ``shape`` (``indexing='ij'``; broadcast views, no copies);
+        with ``partition``, of this rank's block."""
+        return list(torch.meshgrid(*self.centers(dtype, partition), indexing="ij"))
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, StructuredGrid) and (self.shape, self.extent) == (other.shape, other.extent)

@@ -19,6 +19,13 @@ The matrix-free :meth:`~DiffusionOperator.apply` (tensor or GridTensor, with one
 :meth:`~DiffusionOperator.to_scipy` (CSR in C order, x fastest: PETSc DMDA's natural ordering) use the same
 coefficient arrays, so they give the same numbers.
 
+Local construction: with ``partition=`` (a :class:`~deepkrylov.distributed.ProcessGrid` over the grid), every
+array the operator keeps (mask, coefficient, cell codes or coefficient arrays) is this rank's block; the face
+weights at the block's edges come from one halo exchange of the neighbours' cell kinds and coefficients, so the
+numbers are those of the whole-grid operator, bit for bit. Without it the block is the whole grid (one process;
+such an operator still applies to GridTensors on several ranks by slicing its whole arrays, which every rank then
+holds).
+
 On CPU the compiled pass takes one of three forms (:attr:`DiffusionOperator.form`):
 
 - ``"uniform"``: constant ``k``, every cell fluid, every axis periodic or none: scalar weights, nothing per cell;
@@ -32,6 +39,7 @@ On CPU the compiled pass takes one of three forms (:attr:`DiffusionOperator.form
 
 from __future__ import annotations
 
+import numbers
 from typing import Any, Optional, Union
 
 import numpy as np
@@ -39,10 +47,11 @@ import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
 
-from deepkrylov.distributed import GridTensor
+from deepkrylov.distributed import GridTensor, ProcessGrid, halo
 
 from . import _kernels
 from .boundary import BoundaryConditions
+from .fields import _block_shape, _block_slices, _check_partition, _local_field, _same_blocks
 from .grid import StructuredGrid
 from .masks import EMPTY, FLUID
 from .operator import LinearOperator
@@ -58,136 +67,270 @@ class DiffusionOperator(LinearOperator):
     Args:
         grid: the structured grid.
         bc: boundary conditions (default: Dirichlet on every face).
-        coefficient: positive cell values ``k`` (a number or a tensor of the grid's shape); default 1.
-        mask: cell kinds (FLUID/SOLID/EMPTY), a tensor of the grid's shape; default all fluid.
+        coefficient: positive cell values ``k``: a number (default 1), a whole tensor of the grid's shape, a
+            GridTensor block on ``partition``, or a function of the block's cell-centre coordinates (``ndim``
+            tensors, ``indexing='ij'``) returning the block's values.
+        mask: cell kinds (FLUID/SOLID/EMPTY), in the same forms as ``coefficient`` except a number; default all
+            fluid.
         scaled: divide by the squared spacing (True) or take spacings as 1 (False).
         dtype, device: of the coefficients and of ``apply``'s arithmetic.
+        partition: build only this rank's block of the process grid (module docstring). A whole tensor given
+            with it is sliced at once, but it was whole on this rank: pass a GridTensor, a function or
+            :func:`~deepkrylov.mesh.read_field` to never hold the whole grid. Construction is collective.
 
     Attributes:
         form: the compiled pass's form, ``"uniform"``, ``"compact"`` (constant ``k``: a 2-byte code per cell) or
             ``"general"`` (variable ``k``: seven coefficient arrays); see the module's docstring.
+        partition, block_shape, block_slices: the process grid (or None) and this rank's block of the grid.
+        mask, fluid: the block's cell kinds and its fluid cells; ``coefficient``: the block's ``k`` (for a
+            constant, a broadcast view); ``constant_coefficient``: that constant, or None.
     """
 
     is_symmetric = True
 
     def __init__(
         self, grid: StructuredGrid, bc: Optional[BoundaryConditions] = None, coefficient: Any = None,
-        mask: Optional[torch.Tensor] = None, *, scaled: bool = True, dtype: torch.dtype = torch.float64,
-        device: Union[str, torch.device, None] = None,
+        mask: Any = None, *, scaled: bool = True, dtype: torch.dtype = torch.float64,
+        device: Union[str, torch.device, None] = None, partition: Optional[ProcessGrid] = None,
     ) -> None:
         if not isinstance(grid, StructuredGrid):
             raise TypeError(f"grid must be a StructuredGrid, but got {type(grid).__name__}")
         bc = bc if bc is not None else BoundaryConditions.uniform(grid.ndim, "dirichlet")
         if bc.ndim != grid.ndim:
             raise ValueError(f"boundary conditions are for {bc.ndim} axes but the grid has {grid.ndim}")
+        _check_partition(grid, partition)
         self.grid, self.bc, self.scaled = grid, bc, scaled
         self.dtype, self.device = dtype, torch.device(device) if device is not None else torch.device("cpu")
+        self.partition = partition
+        self.block_shape = _block_shape(grid, partition)
+        self.block_slices = _block_slices(grid, partition)
         n = grid.size
         self.shape = (n, n)
-        k = torch.as_tensor(1.0 if coefficient is None else coefficient, dtype=torch.float64)
-        k = k.expand(grid.shape).clone() if k.dim() == 0 else k.to(torch.float64)
-        if tuple(k.shape) != grid.shape:
-            raise ValueError(f"coefficient must be a number or have the grid's shape {grid.shape}, got {tuple(k.shape)}")
-        if not bool(torch.isfinite(k).all()) or bool((k <= 0).any()):
-            raise ValueError("coefficient must be finite and positive everywhere")
-        if mask is None:
-            mask = torch.full(grid.shape, FLUID, dtype=torch.uint8)
-        mask = torch.as_tensor(mask)
-        if tuple(mask.shape) != grid.shape:
-            raise ValueError(f"mask has shape {tuple(mask.shape)}, but the grid has shape {grid.shape}")
-        fluid = mask == FLUID
-        if not bool(fluid.any()):
-            raise ValueError("the mask leaves no unknowns: no cell is FLUID")
-        self.mask, self.fluid = mask, fluid
-        self.coefficient = k
-        diag, weights, links, mult = self._assemble(k, fluid, mask == EMPTY)
-        constant = bool((k == k.flatten()[0]).all())
-        self.form = "general"
-        self._code: Optional[torch.Tensor] = None
-        if constant:  # compact form: the row of every cell from a 16-bit code and the scalar weights t_a
-            k0 = float(k.flatten()[0])
-            t = [2 * k0 * k0 / (k0 + k0) / (grid.spacing[a] ** 2 if scaled else 1.0) for a in range(grid.ndim)]
-            if all(bool((w[link] == t[a]).all()) for a in range(grid.ndim) for w, link in zip(weights[a], links[a])):
-                diag, self._code = self._compact(t, fluid, links, mult)
-                self._t = t
-                self.form = "compact"
-        self._diag = diag.to(dtype=dtype, device=self.device)
-        self._weights = [(lo.to(dtype=dtype, device=self.device), hi.to(dtype=dtype, device=self.device)) for lo, hi in weights]
-        rowsum = (diag - sum(lo + hi for lo, hi in weights))[fluid]
-        self.singular = bool(rowsum.abs().max() <= 1e-12 * diag[fluid].abs().max())
-        self.is_positive_definite = None if self.singular else True
         self._local: dict = {}
-        # Uniform case (constant k, every cell fluid): scalar face weights, and diagonal corrections only on the
-        # boundary layers, so apply() touches the field, its halo and its result and nothing else.
-        self._uniform = None
+        block = self.block_shape
+
+        # this rank's coefficient and mask; the checks reduced over ranks, so every rank raises the same error
+        k0: Optional[float] = None
+        k: Optional[torch.Tensor] = None
+        if coefficient is None or isinstance(coefficient, numbers.Real) or (
+                isinstance(coefficient, torch.Tensor) and coefficient.dim() == 0):
+            k0 = float(1.0 if coefficient is None else coefficient)
+            stats = [float(not (np.isfinite(k0) and k0 > 0)), k0, k0]
+        else:
+            k = _local_field(coefficient, grid, partition, "coefficient").to(torch.float64)
+            bad = not bool(torch.isfinite(k).all()) or bool((k <= 0).any())
+            stats = [float(bad), float(k.min()) if not bad else 0.0, float(k.max()) if not bad else 0.0]
+        if mask is None:
+            mask = torch.full(block, FLUID, dtype=torch.uint8)
+        else:
+            mask = _local_field(mask, grid, partition, "mask")
+            if mask.dtype != torch.uint8:
+                mask = mask.to(torch.uint8)
+        fluid = mask == FLUID
+        nfluid = int(fluid.sum())
+        stats += [float(nfluid), float(nfluid == fluid.numel())]
+        bad, kmin, kmax, nfluid, all_fluid = self._reduce(stats, ("max", "min", "max", "sum", "min"))
+        if bad:
+            raise ValueError("coefficient must be finite and positive everywhere")
+        if nfluid == 0:
+            raise ValueError("the mask leaves no unknowns: no cell is FLUID")
+        if k is not None and kmin == kmax:  # a constant given as an array: the compact form, nothing per cell
+            k0, k = kmax, None
+        self.mask, self.fluid = mask, fluid
+        self._k, self.constant_coefficient = k, k0
+        self._code: Optional[torch.Tensor] = None
+        self._diag64: Optional[torch.Tensor] = None
+        self._weights64: Optional[list] = None
+        self._diag: Optional[torch.Tensor] = None
+
+        h2 = [grid.spacing[a] ** 2 if scaled else 1.0 for a in range(grid.ndim)]
         kinds = [kind for pair in bc.faces for kind in pair]
         one_mode = bc.any_periodic == all(kind == "periodic" for kind in kinds)  # padding wraps every axis or none
-        if one_mode and bool(fluid.all()) and bool((k == k.flatten()[0]).all()):
-            k0 = float(k.flatten()[0])
-            t = [k0 / (grid.spacing[a] ** 2 if scaled else 1.0) for a in range(grid.ndim)]
+        self._uniform = None
+        if k0 is not None:
+            self._t = [2 * k0 * k0 / (k0 + k0) / h2[a] for a in range(grid.ndim)]
+        if k0 is not None and one_mode and bool(all_fluid):
+            # Uniform case (constant k, every cell fluid): scalar face weights, and diagonal corrections only on the
+            # boundary layers, so apply() touches the field, its halo and its result and nothing else.
+            t = [k0 / h2[a] for a in range(grid.ndim)]
             corr = []  # (axis, side, value): Dirichlet face +t (2t instead of t), Neumann -t, periodic none
             for a in range(grid.ndim):
                 for side in (0, 1):
                     kind = bc.faces[a][side]
-                    if kind != "periodic" and grid.shape[a] > 0:
+                    if kind != "periodic":
                         corr.append((a, side, t[a] if kind == "dirichlet" else -t[a]))
             self._uniform = (t, 2.0 * sum(t), corr)
-            self.form, self._code = "uniform", None
+            self.form = "uniform"
+            touches = bc.any_dirichlet
+        else:
+            padded = self._halo(mask, k)
+            touches = self._assemble(padded, k)
+            del padded
+            self.form = "compact" if k0 is not None else "general"
+        # no fluid cell next to an EMPTY cell or a Dirichlet face: the constant (on fluid cells) is in the null space
+        self.singular = not bool(self._reduce([float(touches)], ("max",))[0])
+        self.is_positive_definite = None if self.singular else True
 
-    # ---- assembly of the coefficient arrays (global, float64) -----------------------------------------------
-    def _assemble(self, k: torch.Tensor, fluid: torch.Tensor, empty: torch.Tensor):  # type: ignore[no-untyped-def]
-        grid, bc = self.grid, self.bc
-        diag = torch.zeros(grid.shape, dtype=torch.float64)
-        weights, links, mult = [], [], []  # links: the neighbour is an unknown; mult: the diagonal in units of t
-        for a in range(grid.ndim):
+    # ---- construction on the block --------------------------------------------------------------------------
+    def _reduce(self, values: list, ops: tuple) -> list:
+        """``values`` reduced over the partition's ranks (``ops``: "sum", "min" or "max" per entry)."""
+        if self.partition is None or self.partition.size == 1:
+            return values
+        every = self.partition.comm.allgather_object(values)
+        red = {"sum": sum, "min": min, "max": max}
+        return [red[op](v[i] for v in every) for i, op in enumerate(ops)]
+
+    def _halo(self, mask: torch.Tensor, k: Optional[torch.Tensor]) -> torch.Tensor:
+        """The block's cell kinds (channel 0) and coefficients (channel 1, variable ``k`` only) padded by one cell of
+        the neighbours' values (float64, exact), wrapped when any axis is periodic. The non-periodic domain faces
+        are masked out by the caller."""
+        nd = self.grid.ndim
+        fields = mask.to(torch.float64)[None] if k is None else torch.stack((mask.to(torch.float64), k))
+        if self.partition is not None:
+            return halo(fields[None], self.partition, 1, "circular" if self.bc.any_periodic else "zeros")[0]
+        return F.pad(fields[None], (1, 1) * nd, mode="circular" if self.bc.any_periodic else "constant")[0]
+
+    def _edges(self, a: int) -> tuple[bool, bool]:
+        """Whether this block's first / last plane along axis ``a`` lies on a non-periodic domain face."""
+        if self.bc.periodic(a):
+            return False, False
+        if self.partition is None:
+            return True, True
+        c, d = self.partition.coords[a], self.partition.dims[a]
+        return c == 0, c == d - 1
+
+    def _assemble(self, padded: torch.Tensor, k: Optional[torch.Tensor]) -> bool:
+        """Build the block's compact codes (constant ``k``) or float64 diagonal and face weights (variable ``k``)
+        from the padded kinds/coefficients; returns whether a fluid cell touches an EMPTY cell or a Dirichlet face.
+        The arithmetic is the whole-grid operator's, cell by cell, so the numbers are the same bits."""
+        grid, bc, block, nd = self.grid, self.bc, self.block_shape, self.grid.ndim
+        fluid = self.fluid
+        general = k is not None
+        inner = [slice(1, n + 1) for n in block]
+        off = 3 - nd
+        if general:
+            diag = torch.zeros(block, dtype=torch.float64)
+            weights = []
+        else:
+            code = torch.zeros(block, dtype=torch.int32)
+        touches = False
+        for a in range(nd):
             h2 = grid.spacing[a] ** 2 if self.scaled else 1.0
-            n = grid.shape[a]
-            idx = torch.arange(n).view([-1 if b == a else 1 for b in range(grid.ndim)]).expand(grid.shape)
-            pair, link, m = [], [], torch.zeros(grid.shape, dtype=torch.int32)
-            for side, step in (("lo", 1), ("hi", -1)):  # roll by +1: the lower neighbour; by -1: the upper
-                k_nb = torch.roll(k, step, a)
-                t = 2 * k * k_nb / (k + k_nb) / h2
-                at_edge = idx == (0 if side == "lo" else n - 1)
-                kind = bc.faces[a][0 if side == "lo" else 1]
-                if kind == "periodic":
-                    at_edge = torch.zeros_like(at_edge)
-                nb_fluid = torch.roll(fluid, step, a) & ~at_edge
-                nb_empty = torch.roll(empty, step, a) & ~at_edge
-                w = torch.where(fluid & nb_fluid, t, torch.zeros_like(t))
-                diag += w
-                diag += torch.where(fluid & nb_empty, t, torch.zeros_like(t))
-                m += (fluid & (nb_fluid | nb_empty)).to(torch.int32)
-                if kind == "dirichlet":
-                    diag += torch.where(fluid & at_edge, 2 * k / h2, torch.zeros_like(t))
-                    m += 2 * (fluid & at_edge).to(torch.int32)
-                pair.append(w)
-                link.append(fluid & nb_fluid)
-            weights.append((pair[0], pair[1]))
-            links.append((link[0], link[1]))
-            mult.append(m)
-        diag = torch.where(fluid, diag, torch.ones_like(diag))
-        return diag, weights, links, mult
+            edges = self._edges(a)
+            pair = []
+            m = torch.zeros(block, dtype=torch.int32) if not general else None
+            for side, start in ((0, 0), (1, 2)):  # the lower neighbour, then the upper
+                idx = list(inner)
+                idx[a] = slice(start, start + block[a])
+                idx = tuple(idx)
+                nb = padded[(0,) + idx]
+                nb_fluid, nb_empty = nb == FLUID, nb == EMPTY
+                plane = 0 if side == 0 else block[a] - 1
+                if edges[side]:  # the domain face: no neighbour
+                    nb_fluid.narrow(a, plane, 1).zero_()
+                    nb_empty.narrow(a, plane, 1).zero_()
+                link = fluid & nb_fluid
+                near_empty = fluid & nb_empty
+                touches = touches or bool(near_empty.any())
+                dirichlet = edges[side] and bc.faces[a][side] == "dirichlet"
+                if dirichlet:
+                    touches = touches or bool(fluid.narrow(a, plane, 1).any())
+                if general:
+                    k_nb = padded[(1,) + idx]
+                    t = 2 * k * k_nb / (k + k_nb) / h2
+                    w = torch.where(link, t, torch.zeros_like(t))
+                    diag += w
+                    diag += torch.where(near_empty, t, torch.zeros_like(t))
+                    if dirichlet:
+                        d = diag.narrow(a, plane, 1)
+                        kp = k.narrow(a, plane, 1)
+                        d += torch.where(fluid.narrow(a, plane, 1), 2 * kp / h2, torch.zeros_like(kp))
+                    pair.append(w)
+                else:
+                    m += link | near_empty
+                    if dirichlet:
+                        m.narrow(a, plane, 1).add_(2 * fluid.narrow(a, plane, 1).to(torch.int32))
+                    code += link.to(torch.int32) << (2 * (a + off) + side)
+            if general:
+                weights.append((pair[0], pair[1]))
+            else:
+                code += m << (6 + 3 * (a + off))
+        if general:
+            self._diag64 = torch.where(fluid, diag, torch.ones_like(diag))
+            self._weights64 = weights
+        else:
+            code -= (~fluid).to(torch.int32) << 15  # bit 15 of the uint16, stored as int16
+            self._code = code.to(torch.int16)
+        return touches
 
-    def _compact(self, t: list, fluid: torch.Tensor, links: list, mult: list) -> tuple[torch.Tensor, torch.Tensor]:
-        """The compact form's diagonal (float64, the kernel's arithmetic) and cell codes (int16, read as uint16 by
-        ``_stencil7.c``): bit 2b + side: the neighbour on that side of kernel axis b is an unknown; bits 6 + 3b: the
-        multiplicity m_b (0..4) of t_b in the diagonal; bit 15: not fluid (identity row). Axes are numbered as the
-        kernel sees them: a 1D/2D grid is embedded in 3D with leading axes of size 1, weight 0, multiplicity 0."""
+    def _compact_code(self) -> torch.Tensor:
+        """The compact form's cell codes (int16, read as uint16 by ``_stencil7.c``): bit 2b + side: the neighbour on
+        that side of kernel axis b is an unknown; bits 6 + 3b: the multiplicity m_b (0..4) of t_b in the diagonal
+        (fluid or empty neighbours, plus 2 per Dirichlet face); bit 15: not fluid (identity row). Axes are numbered
+        as the kernel sees them: a 1D/2D grid is embedded in 3D with leading axes of size 1. The uniform form builds
+        them here when asked (every cell fluid: no exchange needed)."""
+        if self._code is not None:
+            return self._code
+        if self._uniform is None:
+            raise RuntimeError("cell codes exist for constant coefficients only")
+        padded = torch.zeros((1,) + tuple(n + 2 for n in self.block_shape), dtype=torch.float64)  # all FLUID
+        saved, self._code = self._code, None
+        self._assemble(padded, None)
+        code, self._code = self._code, saved
+        return code
+
+    def _stencil64(self) -> tuple[torch.Tensor, list]:
+        """The block's float64 diagonal and per-axis (lower, upper) face weights, derived from the codes for a
+        constant ``k``: diagonal ``(m0 t0 + m1 t1) + m2 t2`` in the kernel's order, weights ``t_a`` on links."""
+        if self._diag64 is not None:
+            return self._diag64, self._weights64
+        code = self._compact_code().to(torch.int32)
         nd, off = self.grid.ndim, 3 - self.grid.ndim
-        code = torch.zeros(self.grid.shape, dtype=torch.int32)
-        ts, ms = [0.0] * off + list(t), [None] * off + list(mult)
-        diag = torch.zeros(self.grid.shape, dtype=torch.float64)
-        for b in range(3):
-            if ms[b] is not None:  # m * t in float64, summed in the kernel's order: (m0 t0 + m1 t1) + m2 t2
-                diag = diag + ms[b].to(torch.float64) * ts[b]
+        diag = torch.zeros(self.block_shape, dtype=torch.float64)
+        weights = []
         for a in range(nd):
             b = a + off
-            code += links[a][0].to(torch.int32) << (2 * b)
-            code += links[a][1].to(torch.int32) << (2 * b + 1)
-            code += mult[a] << (6 + 3 * b)
-        code -= (~fluid).to(torch.int32) << 15  # bit 15 of the uint16, stored as int16
-        diag = torch.where(fluid, diag, torch.ones_like(diag))
-        return diag, code.to(torch.int16)
+            diag = diag + ((code >> (6 + 3 * b)) & 7).to(torch.float64) * self._t[a]
+            weights.append(tuple(torch.where(((code >> (2 * b + side)) & 1).bool(),
+                                             torch.tensor(self._t[a], dtype=torch.float64),
+                                             torch.tensor(0.0, dtype=torch.float64)) for side in (0, 1)))
+        diag = torch.where(self.fluid, diag, torch.ones_like(diag))
+        return diag, weights
+
+    def local_stencil(self, grid: Optional[ProcessGrid] = None) -> tuple[torch.Tensor, list]:
+        """This rank's rows as float64 arrays of the block's shape: ``(diag, [(lower, upper) per axis])`` in tensor
+        axis order (z, y, x), so that row ``i`` of ``A`` is ``diag[i] u_i - lower_a[i] u_{i - e_a} - upper_a[i]
+        u_{i + e_a}`` (neighbours wrap on periodic axes; weights are zero where the neighbour is not an unknown,
+        and non-fluid rows are the identity). Local and without communication.
+
+        ``grid``: for an operator built whole (no partition), the process grid whose block to return (sliced from
+        the whole arrays); with a partition it must be None or give the same blocks."""
+        diag, weights = self._stencil64()
+        sl = self._foreign_block(grid)
+        if sl is None:
+            return diag, [(lo, hi) for lo, hi in weights]
+        return diag[sl].contiguous(), [(lo[sl].contiguous(), hi[sl].contiguous()) for lo, hi in weights]
+
+    def _foreign_block(self, grid: Optional[ProcessGrid]) -> Optional[tuple]:
+        """None when ``grid``'s block is this operator's own arrays; else the slices of the whole arrays to take."""
+        if grid is None:
+            return None
+        if grid.global_shape != self.grid.shape:
+            raise ValueError(f"the process grid is over a grid of shape {grid.global_shape}, but the operator's "
+                             f"grid has shape {self.grid.shape}")
+        if self.partition is not None:
+            if not _same_blocks(grid, self.partition):
+                raise ValueError(f"this operator was built on the blocks of {self.partition!r}; it cannot serve the "
+                                 f"blocks of {grid!r}")
+            return None
+        return None if grid.size == 1 else grid.local_slices
+
+    @property
+    def coefficient(self) -> torch.Tensor:
+        """The block's cell coefficients (float64); a broadcast view for a constant."""
+        if self._k is not None:
+            return self._k
+        return torch.tensor(self.constant_coefficient, dtype=torch.float64).expand(self.block_shape)
 
     # ---- matrix-free application ----------------------------------------------------------------------------
     def _mode(self) -> str:
@@ -199,27 +342,33 @@ class DiffusionOperator(LinearOperator):
                 raise ValueError(
                     f"the field lives on a grid of shape {x.grid.global_shape}, but the operator on {self.grid.shape}"
                 )
+            if self.partition is not None and not _same_blocks(x.grid, self.partition):
+                raise ValueError(f"the field's blocks ({x.grid!r}) are not the operator's partition "
+                                 f"({self.partition!r})")
         elif tuple(x.shape[-self.grid.ndim:]) != self.grid.shape or x.dim() < self.grid.ndim:
             raise ValueError(f"field of shape {tuple(x.shape)} does not end with the grid's shape {self.grid.shape}")
+        elif self.partition is not None and self.partition.size > 1:
+            raise ValueError(f"this operator holds one block of {self.partition.size} ranks; apply it to a GridTensor "
+                             "on its partition, not to a whole tensor")
+
+    def _block_of(self, x: Field) -> Optional[tuple]:
+        """The slices of this operator's whole arrays that ``x``'s block needs (None: the arrays as they are)."""
+        return self._foreign_block(x.grid) if isinstance(x, GridTensor) else None
 
     def _coefficients_for(self, x: Field) -> tuple[torch.Tensor, list]:
+        """Diagonal and face weights for ``x``'s block in ``x``'s dtype and device (rounded through the operator's
+        dtype first, as the coefficients are held in it); cached."""
         self._check(x)
-        if isinstance(x, GridTensor):
-            key = (x.grid, x.dtype, x.device)
-            if key not in self._local:
-                sl = x.grid.local_slices
-                self._local[key] = (
-                    self._diag[sl].to(device=x.device, dtype=x.dtype).contiguous(),
-                    [(lo[sl].to(device=x.device, dtype=x.dtype).contiguous(), hi[sl].to(device=x.device, dtype=x.dtype).contiguous())
-                     for lo, hi in self._weights],
-                )
-            return self._local[key]
-        key = ("whole", x.dtype, x.device)
+        sl = self._block_of(x)
+        key = ("coef", sl and tuple((s.start, s.stop) for s in sl), x.dtype, x.device)
         if key not in self._local:
-            self._local[key] = (
-                self._diag.to(device=x.device, dtype=x.dtype), [(lo.to(device=x.device, dtype=x.dtype), hi.to(device=x.device, dtype=x.dtype))
-                                                          for lo, hi in self._weights],
-            )
+            diag, weights = self._stencil64()
+
+            def cast(t: torch.Tensor) -> torch.Tensor:
+                t = t if sl is None else t[sl]
+                return t.to(self.dtype).to(device=x.device, dtype=x.dtype).contiguous()
+
+            self._local[key] = (cast(diag), [(cast(lo), cast(hi)) for lo, hi in weights])
         return self._local[key]
 
     def _pad(self, x: torch.Tensor) -> torch.Tensor:
@@ -324,21 +473,22 @@ class DiffusionOperator(LinearOperator):
             _kernels.stencil7(x4, y.view(x4.shape), faces, (c, *ts), None, self._local[zkey])
             self._boundary_correction(x, y, local, corr)
         elif self.form == "compact":
-            ckey = ("code", x.grid if isinstance(x, GridTensor) else "whole")
+            sl = self._block_of(x)
+            ckey = ("code", sl and tuple((s.start, s.stop) for s in sl))
             if ckey not in self._local:
-                code = self._code[x.grid.local_slices] if isinstance(x, GridTensor) else self._code
-                self._local[ckey] = code.reshape(k3).contiguous()
+                code = self._code if sl is None else self._code[sl]
+                self._local[ckey] = code.reshape(k3).contiguous()  # a view of the block's codes when contiguous
             ts = [0.0] * (3 - nd) + list(self._t)
             _kernels.stencil7_compact(x4, y.view(x4.shape), faces, ts, self._local[ckey], self._local[zkey])
         else:
             diag, weights = self._coefficients_for(x)
             ckey = ("kernel", id(diag))
             if ckey not in self._local:
-                coefs = [diag.reshape(k3).contiguous()]
+                coefs = [diag.reshape(k3)]
                 zeros = torch.zeros(k3, dtype=local.dtype)
                 coefs += [zeros, zeros] * (3 - nd)
                 for lo, hi in weights:
-                    coefs += [lo.reshape(k3).contiguous(), hi.reshape(k3).contiguous()]
+                    coefs += [lo.reshape(k3), hi.reshape(k3)]
                 self._local[ckey] = (diag, coefs)  # diag kept alive so that its id stays unique
             _kernels.stencil7(x4, y.view(x4.shape), faces, None, self._local[ckey][1], self._local[zkey])
         return x.with_local(y) if isinstance(x, GridTensor) else y
@@ -358,44 +508,83 @@ class DiffusionOperator(LinearOperator):
             idx = tuple(idx)
             y[idx].add_(local[idx], alpha=value)
 
-    def diagonal(self) -> torch.Tensor:
+    def diagonal(self) -> Field:
+        """The diagonal in the operator's dtype: a tensor of the grid's shape, or with a partition a GridTensor
+        ``(1, 1, *block)`` on it."""
+        if self._diag is None:
+            self._diag = self._stencil64()[0].to(dtype=self.dtype, device=self.device)
+        if self.partition is not None:
+            return GridTensor(self._diag.reshape((1, 1) + self.block_shape), self.partition)
         return self._diag
 
     # ---- assembled forms ------------------------------------------------------------------------------------
-    def to_scipy(self) -> sp.csr_matrix:
-        """CSR matrix in C order (x fastest), with exactly the numbers :meth:`apply` uses."""
-        shape = self.grid.shape
-        n = self.grid.size
-        index = np.arange(n).reshape(shape)
-        rows, cols, vals = [index.ravel()], [index.ravel()], [self._diag.double().cpu().numpy().ravel()]
-        for a, (lo, hi) in enumerate(self._weights):
-            for w, step in ((lo, 1), (hi, -1)):
-                w = w.double().cpu().numpy()
+    def _global_index(self, axis: int = 0, step: int = 0) -> np.ndarray:
+        """Natural (C order, x fastest) indices of the block's cells, or of their neighbours ``step`` cells along
+        ``axis`` (wrapped; only read where the face weight is nonzero)."""
+        idx = np.zeros(self.block_shape, dtype=np.int64)
+        stride = 1
+        for a in reversed(range(self.grid.ndim)):
+            n, sl = self.grid.shape[a], self.block_slices[a]
+            c = np.arange(sl.start, sl.stop, dtype=np.int64)
+            if a == axis:
+                c = (c + step) % n
+            idx += (c * stride).reshape([-1 if b == a else 1 for b in range(self.grid.ndim)])
+            stride *= n
+        return idx
+
+    def to_scipy_local(self) -> sp.csr_matrix:
+        """This rank's rows of ``A`` (the block's cells in C order) as CSR with natural global column indices,
+        shape ``(block cells, grid cells)``; local, the same numbers as :meth:`local_stencil`."""
+        diag, weights = self._stencil64()
+        rows = np.arange(diag.numel(), dtype=np.int64).reshape(self.block_shape)
+        r, c, v = [rows.ravel()], [self._global_index().ravel()], [diag.numpy().ravel()]
+        for a, (lo, hi) in enumerate(weights):
+            for w, step in ((lo, -1), (hi, 1)):
+                w = w.numpy()
                 nz = w != 0
-                nb = np.roll(index, step, axis=a)
-                rows.append(index[nz])
-                cols.append(nb[nz])
-                vals.append(-w[nz])
-        return sp.csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(n, n))
+                r.append(rows[nz])
+                c.append(self._global_index(a, step)[nz])
+                v.append(-w[nz])
+        return sp.csr_matrix((np.concatenate(v), (np.concatenate(r), np.concatenate(c))),
+                             shape=(diag.numel(), self.grid.size))
+
+    def to_scipy(self) -> sp.csr_matrix:
+        """The whole matrix as CSR in C order (x fastest), with exactly the numbers :meth:`apply` uses. It holds
+        the whole grid's rows (about 60 bytes a cell in 3D); with a partition on several ranks it is collective and
+        gathers every rank's rows to every rank: use :meth:`to_scipy_local` or :meth:`local_stencil` at scale."""
+        local = self.to_scipy_local().tocoo()
+        rows = self._global_index().ravel()[local.row]
+        parts = [(rows, local.col, local.data)]
+        if self.partition is not None and self.partition.size > 1:
+            parts = self.partition.comm.allgather_object(parts[0])
+        r, c, v = (np.concatenate([p[i] for p in parts]) for i in range(3))
+        n = self.grid.size
+        return sp.csr_matrix((v, (r, c)), shape=(n, n))
 
     # ---- null space ------------------------------------------------------------------------------------------
-    def null_space(self) -> Optional[torch.Tensor]:
-        """The normalised constant on fluid cells when the operator is singular (pure Neumann/periodic), else None."""
+    def null_space(self) -> Optional[Field]:
+        """The normalised constant on fluid cells when the operator is singular (pure Neumann/periodic), else None
+        (with a partition: a GridTensor on it)."""
         if not self.singular:
             return None
         v = self.fluid.to(self.dtype)
+        if self.partition is not None:
+            g = GridTensor(v.reshape((1, 1) + self.block_shape), self.partition)
+            return g / g.norm()
         return v / v.norm()
 
     def project(self, b: Field) -> Field:
         """Remove the null-space component from ``b`` (the mean over fluid cells); unchanged if nonsingular."""
         if not self.singular:
             return b
-        fluid = self.fluid
+        self._check(b)
         if isinstance(b, GridTensor):
-            f = b.with_local(fluid[b.grid.local_slices].to(b.dtype).expand_as(b.local))
+            sl = self._block_of(b)
+            fluid = self.fluid if sl is None else self.fluid[sl]
+            f = b.with_local(fluid.to(b.dtype).expand_as(b.local))
             mean = (b * f).sum(keep_batch=True) / f.sum(keep_batch=True)
             return b - f * mean.view((-1,) + (1,) * (b.local.dim() - 1))
-        f = fluid.to(b.dtype).to(b.device)
+        f = self.fluid.to(b.dtype).to(b.device)
         nd = self.grid.ndim
         flat = b.reshape((-1,) + self.grid.shape)
         mean = (flat * f).flatten(1).sum(1) / f.sum()
@@ -403,7 +592,8 @@ class DiffusionOperator(LinearOperator):
 
 
 def laplacian(
-    grid: StructuredGrid, bc: Optional[BoundaryConditions] = None, mask: Optional[torch.Tensor] = None, **kwargs: Any,
+    grid: StructuredGrid, bc: Optional[BoundaryConditions] = None, mask: Any = None, **kwargs: Any,
 ) -> DiffusionOperator:
-    """The negative Laplacian ``-div grad`` (5/7-point), i.e. :class:`DiffusionOperator` with ``k = 1``."""
+    """The negative Laplacian ``-div grad`` (5/7-point), i.e. :class:`DiffusionOperator` with ``k = 1`` (keywords,
+    ``partition`` among them, as there)."""
     return DiffusionOperator(grid, bc, None, mask, **kwargs)
