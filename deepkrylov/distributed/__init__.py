@@ -29,6 +29,7 @@ from .layers import (
     conv_transpose,
 )
 from .tensor import GridTensor
+from .fft import SpectralGrid, fftn, ifftn, irfftn, redistribute, rfftn
 
 __all__ = [
     "Comm", "MPIComm", "SelfComm", "TorchComm",
@@ -39,4 +40,5 @@ __all__ = [
     "HaloConv1d", "HaloConv2d", "HaloConv3d",
     "HaloConvTranspose1d", "HaloConvTranspose2d", "HaloConvTranspose3d",
     "conv", "conv_transpose",
+    "SpectralGrid", "fftn", "ifftn", "rfftn", "irfftn", "redistribute",
 ]

@@ -14,6 +14,7 @@ SUITES = [
     "tests/distributed/test_comm.py",
     "tests/distributed/test_layers.py",
     "tests/distributed/test_petsc_dmda.py",
+    "tests/distributed/test_fft.py",
 ]
 
 

@@ -1,0 +1,372 @@
+"""Distributed FFTs of a :class:`GridTensor` over its spatial axes: ``fftn``, ``ifftn``, ``rfftn``, ``irfftn``.
+
+The transform is separable: each stage transforms, with ``torch.fft``, the axes that are whole on every rank, and a
+*repartition* (an all-to-all) between stages moves the ranks of the next axis onto an axis already transformed.
+A process grid that splits one axis is a slab decomposition (one all-to-all); one that splits two or three axes is a
+pencil decomposition (one all-to-all per split axis). Uneven blocks are allowed everywhere.
+
+The spectral result is a GridTensor on a :class:`SpectralGrid`: a ProcessGrid over the spectral shape (the last axis
+``n // 2 + 1`` long after ``rfftn``) in the layout the last stage left, which usually differs from the input's
+("transposed output", as in FFTW-MPI). Each rank owns a box of wave numbers, ``grid.local_slices`` of the global
+spectrum, so spectral layers multiply their modes locally; ``ifftn``/``irfftn`` run the stages backwards and return
+to the physical grid. No rank ever holds the whole grid (except for a 1D grid split over ranks, see below).
+
+Every step is differentiable: the local FFTs through ``torch.fft`` and each repartition through an autograd
+function whose backward is the reverse repartition (its adjoint), so gradients equal the serial ones.
+
+Memory per rank: a repartition holds its input block, one packed copy of the outgoing parts (together the size of
+the input block) and its output block, so the peak is about three blocks of the largest intermediate layout
+(complex after the first stage; an ``rfftn`` block of ``b*c*n^3/P`` reals peaks near ``3 * b*c*n^3/P`` complex
+half-spectra, i.e. about three times the input's bytes), plus what autograd saves (nothing for the FFTs and
+repartitions, which are linear).
+
+A 1D grid split over ranks has no second axis to move its ranks to: its line is gathered on every rank (memory ``n``
+per rank, fine for 1D fields) and each rank keeps its block of the spectrum.
+
+Example (``mpiexec -n 4 python example.py``)::
+
+    from deepkrylov.distributed import init, ProcessGrid, GridTensor, rfftn, irfftn
+    ctx = init()
+    grid = ProcessGrid(ctx, (64, 64, 64))
+    u = GridTensor.from_global(torch.randn(1, 1, 64, 64, 64, generator=torch.Generator().manual_seed(0)), grid)
+    uh = rfftn(u)                      # GridTensor on a SpectralGrid of shape (64, 64, 33)
+    wave_numbers = uh.grid.local_slices
+    v = irfftn(uh)                     # back on `grid`, equal to u
+"""
+
+from __future__ import annotations
+
+from typing import Literal, Optional, Sequence
+
+import torch
+
+from .comm import Comm
+from .grid import ProcessGrid, default_split
+from .tensor import GridTensor
+
+__all__ = ["SpectralGrid", "fftn", "ifftn", "rfftn", "irfftn", "redistribute"]
+
+Norm = Optional[Literal["backward", "ortho", "forward"]]
+_NORMS = (None, "backward", "ortho", "forward")
+_BC = (slice(None), slice(None))
+
+
+class SpectralGrid(ProcessGrid):
+    """The ProcessGrid of a spectrum: the layout a distributed ``fftn``/``rfftn`` of a field on ``physical`` leaves.
+
+    ``real`` says whether it is the half spectrum of ``rfftn`` (last axis ``physical.global_shape[-1] // 2 + 1``).
+    ``local_slices`` are this rank's wave-number indices (in ``torch.fft.fftfreq``/``rfftfreq`` order).
+    """
+
+    def __init__(self, physical: ProcessGrid, real: bool, global_shape: Sequence[int], dims: Sequence[int],
+                 splits: Sequence[Sequence[int]]) -> None:
+        super().__init__(physical.comm, global_shape, dims, physical.periodic, splits)
+        self.physical = physical
+        self.real = bool(real)
+
+    def __repr__(self) -> str:
+        return f"Spectral{super().__repr__()[:-1]}, real={self.real}, physical={self.physical.global_shape})"
+
+
+# ---- repartition (all-to-all) ---------------------------------------------------------------------------------------
+def _box(grid: ProcessGrid, rank: int) -> list[tuple[int, int]]:
+    return [(s.start, s.stop) for s in grid.local_slices_of(rank)]
+
+
+def _messages(src: ProcessGrid, dst: ProcessGrid, offset: Sequence[int]) -> tuple[list, list]:
+    """Per peer: the slices of this rank's ``src`` block it sends, and of its ``dst`` block it receives (``None`` when
+    empty). Global index ``i`` of ``dst`` is index ``i + offset`` of ``src``."""
+    me = src.rank
+    mine_src, mine_dst = _box(src, me), _box(dst, me)
+    sends, recvs = [], []
+    for q in range(src.size):
+        peer_dst, peer_src = _box(dst, q), _box(src, q)
+        send, recv = [], []
+        for (a0, a1), (b0, b1), (c0, c1), (d0, d1), o in zip(mine_src, peer_dst, mine_dst, peer_src, offset):
+            lo, hi = max(a0, b0 + o), min(a1, b1 + o)  # my src block meets q's dst block, in src coordinates
+            send.append(slice(lo - a0, hi - a0) if hi > lo else None)
+            lo, hi = max(c0 + o, d0), min(c1 + o, d1)  # my dst block meets q's src block, in src coordinates
+            recv.append(slice(lo - o - c0, hi - o - c0) if hi > lo else None)
+        sends.append(_BC + tuple(send) if all(s is not None for s in send) else None)
+        recvs.append(_BC + tuple(recv) if all(s is not None for s in recv) else None)
+    return sends, recvs
+
+
+_MESSAGES: dict = {}
+
+
+def _cached_messages(src: ProcessGrid, dst: ProcessGrid, offset: tuple) -> tuple[list, list]:
+    key = (src, dst, offset)
+    m = _MESSAGES.get(key)
+    if m is None:
+        if len(_MESSAGES) > 256:
+            _MESSAGES.clear()
+        m = _MESSAGES[key] = _messages(src, dst, offset)
+    return m
+
+
+def _alltoall(comm: Comm, sends: list, recvs: list) -> None:
+    """Send ``sends[q]`` to rank ``q`` and receive ``recvs[q]`` from it (``None``: nothing), every rank at once.
+
+    Pairwise exchange over the Comm's ``sendrecv``: in step ``s`` rank ``r`` sends to ``r + s`` and receives from
+    ``r - s``, so every message has its partner in the same step; empty pairs are skipped on both sides (both sides
+    compute the same intersections).
+    """
+    sends = [torch.view_as_real(t) if t is not None and t.is_complex() else t for t in sends]
+    recvs = [torch.view_as_real(t) if t is not None and t.is_complex() else t for t in recvs]
+    r, p = comm.rank, comm.size
+    if recvs[r] is not None:
+        recvs[r].copy_(sends[r])
+    for step in range(1, p):
+        dest, source = (r + step) % p, (r - step) % p
+        s, v = sends[dest], recvs[source]
+        if s is None and v is None:
+            continue
+        comm.sendrecv(s, dest if s is not None else None, v, source if v is not None else None)
+
+
+def _repartition(x: torch.Tensor, src: ProcessGrid, dst: ProcessGrid, offset: tuple) -> torch.Tensor:
+    send_idx, recv_idx = _cached_messages(src, dst, offset)
+    out = x.new_zeros(tuple(x.shape[:2]) + dst.local_shape)
+    sends = [None if i is None else x[i].contiguous() for i in send_idx]
+    recvs = []
+    for i in recv_idx:
+        if i is None:
+            recvs.append(None)
+            continue
+        region = out[i]
+        recvs.append(region if region.is_contiguous() else torch.empty(region.shape, dtype=x.dtype, device=x.device))
+    _alltoall(src.comm, sends, recvs)
+    for i, buf in zip(recv_idx, recvs):
+        if buf is not None and buf.data_ptr() != out[i].data_ptr():
+            out[i] = buf
+    return out
+
+
+class _Repartition(torch.autograd.Function):
+    """Blocks of ``src`` -> blocks of ``dst`` (cells outside ``src`` become zeros); backward: the reverse move."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, src: ProcessGrid, dst: ProcessGrid, offset: tuple) -> torch.Tensor:  # type: ignore[override]
+        ctx.grids = (src, dst, offset)
+        return _repartition(x, src, dst, offset)
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor):  # type: ignore[override]
+        src, dst, offset = ctx.grids
+        return _repartition(g.contiguous(), dst, src, tuple(-o for o in offset)), None, None, None
+
+
+def redistribute(x: GridTensor, grid: ProcessGrid, offset: Optional[Sequence[int]] = None) -> GridTensor:
+    """``x`` on another decomposition ``grid`` of the same ranks (an all-to-all; differentiable, adjoint backward).
+
+    The grids may differ in shape: index ``i`` of ``grid`` takes index ``i + offset`` of ``x`` (default 0), zeros
+    where that lies outside ``x``, so this also crops and zero-pads without any rank holding the whole field.
+    """
+    if not isinstance(x, GridTensor):
+        raise TypeError(f"redistribute needs a GridTensor, but got {type(x).__name__}")
+    if grid.comm.identity() != x.grid.comm.identity() or grid.ndim != x.grid.ndim:
+        raise ValueError(f"redistribute needs a grid with {x.grid.ndim} axes on the same communicator, got {grid!r}")
+    off = (0,) * grid.ndim if offset is None else tuple(int(o) for o in offset)
+    if len(off) != grid.ndim:
+        raise ValueError(f"offset needs one entry per axis ({grid.ndim}), but got {offset}")
+    return GridTensor(_Repartition.apply(x.local, x.grid, grid, off), grid)
+
+
+class _GatherSum(torch.autograd.Function):
+    """The whole field on every rank, each rank going on with its own part: backward sums over ranks, then slices."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, grid: ProcessGrid) -> torch.Tensor:  # type: ignore[override]
+        full = x.new_zeros(tuple(x.shape[:2]) + grid.global_shape)
+        full[_BC + grid.local_slices] = x
+        ctx.grid = grid
+        return grid.comm.allreduce_(full)
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor):  # type: ignore[override]
+        g = ctx.grid.comm.allreduce_(g.contiguous().clone())
+        return g[_BC + ctx.grid.local_slices], None
+
+
+# ---- plans ----------------------------------------------------------------------------------------------------------
+class _Plan:
+    """Stages from the physical layout to the spectral one: ("fft", axes, real, sizes) or ("move", src, dst) or
+    ("gather", axes, real, sizes, src, dst) (1D over several ranks)."""
+
+    def __init__(self, grid: ProcessGrid, real: bool) -> None:
+        self.physical, self.real = grid, real
+        nd, n = grid.ndim, grid.global_shape
+        shape = list(n)
+        spec_shape = list(n)
+        if real:
+            spec_shape[-1] = n[-1] // 2 + 1
+        stages: list = []
+        if nd == 1 and grid.size > 1:
+            dst = SpectralGrid(grid, real, spec_shape, grid.dims, [default_split(spec_shape[0], grid.size)])
+            if grid.size > spec_shape[0]:
+                raise ValueError(f"a distributed {'r' if real else ''}fft of {n[0]} points on {grid.size} ranks leaves "
+                                 f"{spec_shape[0]} wave numbers, fewer than the ranks; use fewer ranks")
+            self.stages, self.spectral = [("gather", (0,), real, tuple(n), grid, dst)], dst
+            return
+        dims, splits = list(grid.dims), [tuple(s) for s in grid.splits]
+        cur: ProcessGrid = grid
+        remaining = list(range(nd))
+        first = True
+        while remaining:
+            local = [a for a in remaining if dims[a] == 1]
+            if (real and first and dims[-1] != 1) or not local:
+                a = nd - 1 if (real and first) else max(a for a in remaining if dims[a] > 1)
+                b = self._target(a, dims, splits, shape, remaining)
+                f, g = dims[a], dims[b]
+                nested = b < a and all(dims[i] == 1 for i in range(b + 1, a)) and all(s >= f for s in splits[b])
+                dims[b], dims[a] = g * f, 1
+                splits[b] = (tuple(q for s in splits[b] for q in default_split(s, f)) if nested
+                             else default_split(shape[b], dims[b]))
+                splits[a] = (shape[a],)
+                dst = ProcessGrid(grid.comm, shape, dims, grid.periodic, splits)
+                stages.append(("move", cur, dst))
+                cur = dst
+                continue
+            stages.append(("fft", tuple(local), real and first, tuple(n[a] for a in local)))
+            if real and first:
+                shape[-1] = spec_shape[-1]
+                splits[-1] = (shape[-1],)
+                cur = ProcessGrid(grid.comm, shape, dims, grid.periodic, splits)
+            remaining = [a for a in remaining if a not in local]
+            first = False
+        self.stages = stages
+        self.spectral = SpectralGrid(grid, real, shape, dims, splits)
+
+    @staticmethod
+    def _target(a: int, dims: list, splits: list, shape: list, remaining: list) -> int:
+        """The axis that takes axis ``a``'s ranks: a transformed one if any fits, the longest first."""
+        f = dims[a]
+        fits = [b for b in range(len(dims)) if b != a and shape[b] >= dims[b] * f]
+        if not fits:
+            raise ValueError(
+                f"a distributed FFT cannot make axis {a} whole: moving its {f} ranks onto another axis needs "
+                f"that axis to have at least (its ranks x {f}) points, but the shape is {tuple(shape)} on process "
+                f"dims {tuple(dims)}; use fewer ranks or other dims"
+            )
+        done = [b for b in fits if b not in remaining]
+        pool = done or fits
+        return max(pool, key=lambda b: (shape[b] // (dims[b] * f), -b))
+
+
+_PLANS: dict = {}
+
+
+def _plan(grid: ProcessGrid, real: bool) -> _Plan:
+    key = (grid, real)
+    p = _PLANS.get(key)
+    if p is None:
+        if len(_PLANS) > 64:
+            _PLANS.clear()
+        p = _PLANS[key] = _Plan(grid, real)
+    return p
+
+
+def _check(x: object, what: str) -> GridTensor:
+    if not isinstance(x, GridTensor):
+        raise TypeError(f"{what} needs a GridTensor, but got {type(x).__name__}")
+    return x
+
+
+def _check_norm(norm: Norm) -> None:
+    if norm not in _NORMS:
+        raise ValueError(f"norm must be one of {_NORMS}, but got {norm!r}")
+
+
+def _fft(x: torch.Tensor, axes: tuple, real: bool, sizes: tuple, to_spectrum: bool, inverse: bool,
+         norm: Norm) -> torch.Tensor:
+    dim = tuple(a + 2 for a in axes)
+    if real:
+        if to_spectrum:
+            return torch.fft.rfftn(x, dim=dim, norm=norm)
+        return torch.fft.irfftn(x, s=sizes, dim=dim, norm=norm)
+    return (torch.fft.ifftn if inverse else torch.fft.fftn)(x, dim=dim, norm=norm)
+
+
+def _run(x: torch.Tensor, plan: _Plan, to_spectrum: bool, inverse: bool, norm: Norm) -> torch.Tensor:
+    zero = (0,) * plan.physical.ndim
+    for st in (plan.stages if to_spectrum else reversed(plan.stages)):
+        if st[0] == "move":
+            src, dst = (st[1], st[2]) if to_spectrum else (st[2], st[1])
+            x = _Repartition.apply(x.contiguous(), src, dst, zero)
+        elif st[0] == "fft":
+            x = _fft(x, st[1], st[2], st[3], to_spectrum, inverse, norm)
+        else:  # gather (1D on several ranks)
+            _, axes, real, sizes, src, dst = st
+            src, dst = (src, dst) if to_spectrum else (dst, src)
+            full = _GatherSum.apply(x.contiguous(), src)
+            x = _fft(full, axes, real, sizes, to_spectrum, inverse, norm)[_BC + dst.local_slices]
+    return x
+
+
+def _spectral_input(x: GridTensor, grid: Optional[ProcessGrid], real: bool, what: str) -> _Plan:
+    target = grid
+    if target is None:
+        if not isinstance(x.grid, SpectralGrid) or x.grid.real != real:
+            raise ValueError(
+                f"{what} got a GridTensor that is not on the SpectralGrid of a distributed "
+                f"{'rfftn' if real else 'fftn'}; pass grid= (the physical ProcessGrid to return to)"
+            )
+        target = x.grid.physical
+    plan = _plan(target, real)
+    if x.grid != plan.spectral:
+        raise ValueError(f"{what}: the input's layout {x.grid!r} is not the spectral layout {plan.spectral!r} of "
+                         f"grid {target!r}")
+    return plan
+
+
+def rfftn(x: GridTensor, norm: Norm = None) -> GridTensor:
+    """``torch.fft.rfftn`` of a real GridTensor over all its spatial axes; the half spectrum on a SpectralGrid."""
+    x = _check(x, "rfftn")
+    _check_norm(norm)
+    if x.dtype.is_complex:
+        raise TypeError(f"rfftn needs a real GridTensor, but got {x.dtype}; use fftn")
+    plan = _plan(x.grid, True)
+    return GridTensor(_run(x.local, plan, True, False, norm), plan.spectral)
+
+
+def irfftn(x: GridTensor, grid: Optional[ProcessGrid] = None, norm: Norm = None) -> GridTensor:
+    """Inverse of :func:`rfftn`: the real field on ``grid`` (default: the physical grid of ``x``'s SpectralGrid).
+
+    Like ``torch.fft.irfftn`` with ``s`` the physical shape: the imaginary parts of the self-conjugate wave numbers
+    are ignored."""
+    x = _check(x, "irfftn")
+    _check_norm(norm)
+    plan = _spectral_input(x, grid, True, "irfftn")
+    return GridTensor(_run(x.local, plan, False, True, norm), plan.physical)
+
+
+def _complex(x: GridTensor) -> torch.Tensor:
+    return x.local if x.dtype.is_complex else x.local.to(torch.promote_types(x.dtype, torch.complex64))
+
+
+def fftn(x: GridTensor, norm: Norm = None) -> GridTensor:
+    """``torch.fft.fftn`` over the spatial axes. A field on a physical grid goes to its SpectralGrid; a field on a
+    SpectralGrid (as :func:`ifftn` of a field on a physical grid leaves it) comes back to its physical grid."""
+    x = _check(x, "fftn")
+    _check_norm(norm)
+    return _complex_transform(x, False, norm)
+
+
+def ifftn(x: GridTensor, grid: Optional[ProcessGrid] = None, norm: Norm = None) -> GridTensor:
+    """``torch.fft.ifftn`` over the spatial axes: a spectrum on a SpectralGrid returns to its physical grid (or to
+    ``grid``, whose spectral layout ``x`` must be on); a field on a plain grid goes to that grid's SpectralGrid."""
+    x = _check(x, "ifftn")
+    _check_norm(norm)
+    if grid is not None:
+        plan = _spectral_input(x, grid, False, "ifftn")
+        return GridTensor(_run(_complex(x), plan, False, True, norm), plan.physical)
+    return _complex_transform(x, True, norm)
+
+
+def _complex_transform(x: GridTensor, inverse: bool, norm: Norm) -> GridTensor:
+    if isinstance(x.grid, SpectralGrid) and not x.grid.real:
+        plan = _plan(x.grid.physical, False)
+        return GridTensor(_run(_complex(x), plan, False, inverse, norm), plan.physical)
+    plan = _plan(x.grid, False)
+    return GridTensor(_run(_complex(x), plan, True, inverse, norm), plan.spectral)
