@@ -2,18 +2,24 @@
 
 ``FLUID`` cells are unknowns; ``SOLID`` cells impose zero normal flux (Neumann) on their faces; ``EMPTY`` (air)
 cells impose zero pressure (Dirichlet) at their centres. Masks are integer tensors of the grid's shape, built from
-shapes (painted in order, later shapes win) or from a voxel array / ``.npy`` file.
+shapes (painted in order, later shapes win) or from a voxel array / ``.npy`` / HDF5 file. With ``partition=`` (a
+:class:`~deepkrylov.distributed.ProcessGrid`) each is built on this rank's block only (shapes evaluated at the block's
+cell centres, files read block by block) and returned as a GridTensor ``(1, 1, *block)``: the same values as the
+whole mask's block.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence, Union
+from typing import Optional, Sequence, Union
 
 import numpy as np
 import torch
 
+from deepkrylov.distributed import GridTensor, ProcessGrid
+
+from .fields import read_field
 from .grid import StructuredGrid
 
 __all__ = ["FLUID", "SOLID", "EMPTY", "Sphere", "Box", "mask_from_shapes", "mask_from_voxels", "smoke_scene"]
@@ -63,31 +69,46 @@ class Box:
         return inside
 
 
-def mask_from_shapes(grid: StructuredGrid, shapes: Sequence[Union[Sphere, Box]], default: Union[str, int] = "fluid") -> torch.Tensor:
-    """Paint shapes (their union, later ones on top) onto a mask filled with ``default``."""
-    mask = torch.full(grid.shape, _kind(default), dtype=torch.uint8)
-    coords = grid.meshgrid()
+def mask_from_shapes(
+    grid: StructuredGrid, shapes: Sequence[Union[Sphere, Box]], default: Union[str, int] = "fluid", *,
+    partition: Optional[ProcessGrid] = None,
+) -> Union[torch.Tensor, GridTensor]:
+    """Paint shapes (their union, later ones on top) onto a mask filled with ``default``; with ``partition``, this
+    rank's block only (a GridTensor)."""
+    coords = grid.meshgrid(partition=partition)
+    mask = torch.full(tuple(coords[0].shape), _kind(default), dtype=torch.uint8)
     for s in shapes:
         mask[s.inside(coords)] = _kind(s.kind)
-    return mask
+    return mask if partition is None else GridTensor(mask[None, None], partition)
 
 
-def mask_from_voxels(voxels: Union[str, Path, np.ndarray, torch.Tensor], grid: StructuredGrid) -> torch.Tensor:
-    """A mask from an integer voxel array (or ``.npy`` path) with values FLUID/SOLID/EMPTY and the grid's shape."""
-    if isinstance(voxels, (str, Path)):
-        voxels = np.load(voxels)
-    arr = torch.as_tensor(np.asarray(voxels))
-    if tuple(arr.shape) != grid.shape:
-        raise ValueError(f"voxel array has shape {tuple(arr.shape)}, but the grid has shape {grid.shape}")
+def mask_from_voxels(
+    voxels: Union[str, Path, np.ndarray, torch.Tensor], grid: StructuredGrid, *, partition: Optional[ProcessGrid] = None,
+    dataset: Optional[str] = None,
+) -> Union[torch.Tensor, GridTensor]:
+    """A mask from integer voxels with values FLUID/SOLID/EMPTY and the grid's shape: an array, a ``.npy`` file or
+    an HDF5 file (``dataset``); with ``partition`` only this rank's block is read (see
+    :func:`~deepkrylov.mesh.read_field`) and returned as a GridTensor."""
+    if not isinstance(voxels, (str, Path, GridTensor)) and tuple(np.shape(voxels)) != grid.shape:
+        raise ValueError(f"voxel array has shape {tuple(np.shape(voxels))}, but the grid has shape {grid.shape}")
+    field = read_field(voxels, grid, partition=partition, dataset=dataset)
+    arr = field.local if isinstance(field, GridTensor) else field
     bad = ~((arr == FLUID) | (arr == SOLID) | (arr == EMPTY))
-    if bool(bad.any()):
-        raise ValueError(f"voxel values must be 0 (fluid), 1 (solid) or 2 (empty); found {sorted(set(arr[bad].tolist()))[:5]}")
-    return arr.to(torch.uint8)
+    bad_kind = (f"voxel values must be 0 (fluid), 1 (solid) or 2 (empty); found {sorted(set(arr[bad].tolist()))[:5]}"
+                if bool(bad.any()) else "")
+    if partition is not None and partition.size > 1:  # the same error on every rank
+        found = [m for m in partition.comm.allgather_object(bad_kind) if m]
+        bad_kind = found[0] if found else ""
+    if bad_kind:
+        raise ValueError(bad_kind)
+    arr = arr.to(torch.uint8)
+    return arr if partition is None else GridTensor(arr, partition)
 
 
-def smoke_scene(n: int, dim: int = 3) -> torch.Tensor:
+def smoke_scene(n: int, dim: int = 3, *, partition: Optional[ProcessGrid] = None) -> Union[torch.Tensor, GridTensor]:
     """The default DCDM-style scene on an ``n^dim`` box: a smoke domain with a spherical and a box-shaped solid
-    obstacle, solid floor, and an open (empty, zero-pressure) top layer through which fluid leaves."""
+    obstacle, solid floor, and an open (empty, zero-pressure) top layer through which fluid leaves. With
+    ``partition``, this rank's block (a GridTensor)."""
     if dim not in (2, 3) or n < 8:
         raise ValueError(f"smoke_scene needs dim 2 or 3 and n >= 8, but got dim={dim}, n={n}")
     grid = StructuredGrid((n,) * dim)
@@ -98,4 +119,4 @@ def smoke_scene(n: int, dim: int = 3) -> torch.Tensor:
         Box((0.0,) * dim, (1.0 / n,) + (1.0,) * (dim - 1), "solid"),  # floor (lowest layer along axis 0)
         Box((1.0 - 1.0 / n,) + (0.0,) * (dim - 1), (1.0,) * dim, "empty"),  # open top
     ]
-    return mask_from_shapes(grid, shapes)
+    return mask_from_shapes(grid, shapes, partition=partition)

@@ -12,7 +12,10 @@ level is solved by a sparse LU factorisation.
 
 On several ranks every level whose blocks halve evenly stays distributed (the same ranks, half-size blocks);
 below it the coarse right-hand side is gathered and the rest of the cycle runs redundantly on every rank, so
-iterations equal the serial ones.
+iterations equal the serial ones. For an operator built on a partition (``DiffusionOperator(...,
+partition=...)``) the distributed levels are built from the blocks alone: coarse masks and coefficients by
+pooling the fine block, transfer weights from one halo exchange; only the first level that runs whole (and the
+smaller ones) is gathered.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import torch.nn.functional as F
 from deepkrylov.distributed import GridTensor, ProcessGrid
 from deepkrylov.mesh import EMPTY, FLUID, SOLID, DiffusionOperator, StructuredGrid
 from deepkrylov.mesh import _kernels
+from deepkrylov.mesh.fields import _same_blocks
 
 from .preconditioners import Preconditioner
 
@@ -57,16 +61,51 @@ def coarsen_operator(A: DiffusionOperator) -> DiffusionOperator:
     """The rediscretised operator on the grid with every axis halved (see the module docstring).
 
     Scaled so that it matches ``P^T A P`` with this module's prolongation on smooth fields: ``2^d`` times the
-    coarse discretisation for a scaled operator, ``2^d / 4`` times for an unscaled one (``scaled=False``)."""
+    coarse discretisation for a scaled operator, ``2^d / 4`` times for an unscaled one (``scaled=False``). An
+    operator on a partition gives one on the partition with every block halved (each block must be even), built
+    from the block alone."""
     g = A.grid
     shape = tuple(n // 2 for n in g.shape)
     coarse_grid = StructuredGrid(shape, g.extent)
+    P = A.partition
+    cp = None
+    if P is not None:
+        if any(n % 2 for split in P.splits for n in split):
+            raise ValueError(f"cannot coarsen an operator on blocks {P.splits}: every block must be even")
+        cp = P.derived(shape, [[n // 2 for n in split] for split in P.splits])
     mask = coarsen_mask(A.mask)
-    k = A.coefficient.reshape(sum(((n, 2) for n in shape), ())).mean(dim=tuple(range(1, 2 * g.ndim, 2)))
     scale = 2.0**g.ndim / (1.0 if A.scaled else 4.0)
-    if bool((k == k.flatten()[0]).all()):
-        k = float(k.flatten()[0])
-    return DiffusionOperator(coarse_grid, A.bc, k * scale, mask, scaled=A.scaled, dtype=A.dtype, device=A.device)
+    if A.constant_coefficient is not None:
+        k: Any = A.constant_coefficient
+    else:
+        cshape = mask.shape
+        k = A.coefficient.reshape(sum(((n, 2) for n in cshape), ())).mean(dim=tuple(range(1, 2 * g.ndim, 2)))
+    k = k * scale
+    if cp is not None:
+        mask = GridTensor(mask[None, None], cp)
+        k = GridTensor(k[None, None], cp) if isinstance(k, torch.Tensor) else k
+    return DiffusionOperator(coarse_grid, A.bc, k, mask, scaled=A.scaled, dtype=A.dtype, device=A.device,
+                             partition=cp)
+
+
+def _halves(P: ProcessGrid) -> bool:
+    """Whether every block of ``P`` halves into blocks of at least 2 cells (the level below stays distributed)."""
+    return all(n % 2 == 0 and n >= 4 for split in P.splits for n in split)
+
+
+def _gathered(A: DiffusionOperator) -> DiffusionOperator:
+    """The whole operator (no partition) of one built on a partition: its mask and coefficient gathered to every
+    rank (collective; for the small levels that run whole)."""
+    P = A.partition
+    if P is None or P.size == 1:
+        return A if P is None else DiffusionOperator(A.grid, A.bc, A.coefficient if A.constant_coefficient is None
+                                                     else A.constant_coefficient, A.mask, scaled=A.scaled,
+                                                     dtype=A.dtype, device=A.device)
+    mask = GridTensor(A.mask.to(torch.float64)[None, None], P).gather()[0, 0].to(torch.uint8)
+    k: Any = A.constant_coefficient
+    if k is None:
+        k = GridTensor(A.coefficient[None, None], P).gather()[0, 0]
+    return DiffusionOperator(A.grid, A.bc, k, mask, scaled=A.scaled, dtype=A.dtype, device=A.device)
 
 
 # ---- transfers ------------------------------------------------------------------------------------------------
@@ -110,14 +149,18 @@ class _Cached:
 
 class _Level(_Cached):
     """One level of the hierarchy: the operator, its inverse diagonal and the transfer weights, on this rank's
-    block (``grid`` set) or whole (``grid`` None)."""
+    block (``grid`` set) or whole (``grid`` None). An operator built on a partition serves its own block; a whole
+    operator used on ``grid`` is sliced."""
 
     def __init__(self, A: DiffusionOperator, grid: Optional[ProcessGrid]) -> None:
         self.A, self.grid = A, grid
         self.nd = A.grid.ndim
-        self.sl = grid.local_slices if grid is not None else tuple(slice(None) for _ in range(self.nd))
+        own = grid is None or A.partition is not None
+        self.sl = tuple(slice(None) for _ in range(self.nd)) if own else grid.local_slices
         self.fluid = A.fluid[self.sl]
-        self.inv_diag = (1.0 / A.diagonal())[self.sl]
+        diag = A.diagonal()
+        diag = diag.local.reshape(A.block_shape) if isinstance(diag, GridTensor) else diag
+        self.inv_diag = (1.0 / diag)[self.sl]
         self.periodic = tuple(A.bc.periodic(a) for a in range(self.nd))
         self._cache: dict = {}
 
@@ -145,10 +188,10 @@ class _Level(_Cached):
             bufs.append(torch.empty_like(like, memory_format=torch.contiguous_format))
         return bufs[:count]
 
-    def pad(self, x: torch.Tensor) -> torch.Tensor:
+    def pad(self, x: torch.Tensor, dirichlet: Optional[float] = None) -> torch.Tensor:
         """``x`` padded by one cell: neighbours' cells inside, and at the domain's faces the ghost the boundary
         condition implies for a cell-centred field: wrapped (periodic), ``-x`` (Dirichlet: zero on the face), zero
-        (Neumann: nothing crosses)."""
+        (Neumann: nothing crosses). ``dirichlet``: a value for the Dirichlet ghosts instead of ``-x``."""
         nd = self.nd
         if self.grid is not None:
             p = GridTensor(x, self.grid).halo(1, "circular" if any(self.periodic) else "zeros")
@@ -169,7 +212,7 @@ class _Level(_Cached):
                     continue
                 g = p.narrow(ax, ghost, 1)
                 if self.A.bc.faces[a][side] == "dirichlet":
-                    torch.neg(p.narrow(ax, inner, 1), out=g)
+                    torch.neg(p.narrow(ax, inner, 1), out=g) if dirichlet is None else g.fill_(dirichlet)
                 else:
                     g.zero_()
         return p
@@ -182,22 +225,18 @@ class _Transfer(_Cached):
         self.fine, self.coarse = fine, coarse
         nd = fine.nd
         cmask = coarse.A.mask
-        # interpolation weights counted: fluid and EMPTY coarse cells, and Dirichlet ghosts; the whole grid
+        # interpolation weights counted: fluid and EMPTY coarse cells, and Dirichlet ghosts
         weight = ((cmask == FLUID) | (cmask == EMPTY)).to(torch.float64)
-        bc = coarse.A.bc
-        for a in range(nd):
-            pad = [0, 0] * nd
-            pad[2 * (nd - 1 - a):2 * (nd - a)] = [1, 1]
-            circular = bc.periodic(a)
-            weight = torch.nn.functional.pad(weight[None, None], pad, mode="circular" if circular else "constant")[0, 0]
-            for side, idx in ((0, 0), (1, weight.shape[a] - 1)):
-                if not circular and bc.faces[a][side] == "dirichlet":
-                    weight.narrow(a, idx, 1).fill_(1.0)
-        denom = _interpolate(weight, nd)
+        if coarse.A.partition is not None or coarse.grid is None:  # the coarse level's own block (or whole)
+            denom = _interpolate(coarse.pad(weight[None, None], dirichlet=1.0)[0, 0], nd)
+            fine_sl, coarse_sl = (slice(None),) * nd, (slice(None),) * nd
+        else:  # whole operators used on blocks: the whole grid's weights, sliced
+            denom = _interpolate(_Level(coarse.A, None).pad(weight[None, None], dirichlet=1.0)[0, 0], nd)
+            fine_sl, coarse_sl = fine.sl, coarse.sl
         fluid = fine.A.fluid
         scale = torch.where(fluid & (denom > 0), 1.0 / denom.clamp_min(1e-300), torch.zeros_like(denom))
-        self.scale = scale[fine.sl].contiguous()  # per fine cell: fluid mask / sum of the counted weights
-        self.value = (cmask == FLUID).to(torch.float64)[coarse.sl].contiguous()  # coarse cells whose values count
+        self.scale = scale[fine_sl].contiguous()  # per fine cell: fluid mask / sum of the counted weights
+        self.value = (cmask == FLUID).to(torch.float64)[coarse_sl].contiguous()  # coarse cells whose values count
         self._cache: dict = {}
 
     def prolong(self, xc: torch.Tensor) -> torch.Tensor:
@@ -308,34 +347,30 @@ class Multigrid(Preconditioner):
             )
         nlev = self.levels if self.levels is not None else possible
         ops = [A]
-        for _ in range(nlev - 1):
-            ops.append(coarsen_operator(ops[-1]))
+        self._whole_ops: dict = {}  # level -> the whole operator of a distributed level whose coarse level is whole
+        for i in range(nlev - 1):
+            P = ops[-1].partition
+            if P is not None and P.size > 1 and not _halves(P):
+                self._whole_ops[i] = _gathered(ops[-1])
+                ops.append(coarsen_operator(self._whole_ops[i]))
+            else:
+                ops.append(coarsen_operator(ops[-1]))
         self._ops = ops
         self.shapes = [op.grid.shape for op in ops]
+        self._setup_bottom()
         self._grid = None
+        if A.partition is not None:
+            if grid is not None and not _same_blocks(grid, A.partition):
+                raise ValueError(f"the operator was built on {A.partition!r}; setup cannot use the blocks of {grid!r}")
+            grid = A.partition
         self._build(grid)
         self.setup_time = time.perf_counter() - t0
         self.is_setup = True
         return self
 
-    def _build(self, grid: Optional[ProcessGrid]) -> None:
-        """Levels on ``grid``'s ranks while every block halves into blocks of at least 2 cells, then whole
-        (redundant on every rank)."""
-        self._grid = grid
-        levels: list[_Level] = []
-        g = grid if grid is not None and grid.size > 1 else None
-        for i, op in enumerate(self._ops):
-            if i > 0 and g is not None:
-                even = all(n % 2 == 0 and n >= 4 for split in g.splits for n in split)
-                g = g.derived(op.grid.shape, [[n // 2 for n in split] for split in g.splits]) if even else None
-            levels.append(_Level(op, g))
-        self._levels = levels
-        self._transfers = []
-        for fine, coarse in zip(levels[:-1], levels[1:]):
-            # fine on ranks, coarse whole: transfer between the whole fine grid and the coarse one
-            whole = fine if (fine.grid is None or coarse.grid is not None) else _Level(fine.A, None)
-            self._transfers.append(_Transfer(whole, coarse))
-        bottom = self._ops[-1]
+    def _setup_bottom(self) -> None:
+        """Sparse LU of the coarsest operator (gathered whole when it is distributed: it is small)."""
+        bottom = _gathered(self._ops[-1])
         mat = bottom.to_scipy().tocsc()
         if self.null_space and bottom.singular:
             if mat.shape[0] > 4096:
@@ -351,6 +386,28 @@ class Multigrid(Preconditioner):
         # Chebyshev on D^-1 A: eigenvalues in (0, 2] (Gershgorin, diagonally dominant rows); target the upper part
         self._cheb = (0.15, 2.0)
 
+    def _build(self, grid: Optional[ProcessGrid]) -> None:
+        """Levels on ``grid``'s ranks while every block halves into blocks of at least 2 cells, then whole
+        (redundant on every rank). An operator built on a partition keeps its own levels' blocks."""
+        self._grid = grid if grid is not None and grid.size > 1 else None
+        levels: list[_Level] = []
+        g = self._grid
+        local = self.A.partition is not None
+        for i, op in enumerate(self._ops):
+            if local:
+                g = op.partition if op.partition is not None and op.partition.size > 1 else None
+            elif i > 0 and g is not None:
+                g = g.derived(op.grid.shape, [[n // 2 for n in split] for split in g.splits]) if _halves(g) else None
+            levels.append(_Level(op, g))
+        self._levels = levels
+        self._transfers = []
+        for i, (fine, coarse) in enumerate(zip(levels[:-1], levels[1:])):
+            # fine on ranks, coarse whole: transfer between the whole fine grid and the coarse one
+            whole = fine
+            if fine.grid is not None and coarse.grid is None:
+                whole = _Level(self._whole_ops[i] if local else fine.A, None)
+            self._transfers.append(_Transfer(whole, coarse))
+
     # ---- application ----------------------------------------------------------------------------------------
     def apply(self, r: Field) -> Field:
         out = r.zeros_like() if isinstance(r, GridTensor) else torch.empty_like(r, memory_format=torch.contiguous_format)
@@ -360,8 +417,13 @@ class Multigrid(Preconditioner):
         """``out = M r`` (one V-cycle) into a preallocated ``out`` of ``r``'s shape."""
         if not self.is_setup:
             raise RuntimeError("Multigrid.apply before setup(A): pass the operator to Multigrid(A) or to the solver")
+        P = self.A.partition
         if isinstance(r, GridTensor):
-            if r.grid.size > 1 and r.grid != self._grid:
+            if P is not None:
+                if not _same_blocks(r.grid, P):
+                    raise ValueError(f"the field's blocks ({r.grid!r}) are not those of the operator's partition "
+                                     f"({P!r})")
+            elif r.grid.size > 1 and r.grid != self._grid:
                 self._build(r.grid)
             elif r.grid.size == 1 and self._grid is not None:
                 self._build(None)
@@ -370,6 +432,9 @@ class Multigrid(Preconditioner):
         nd = len(self.shapes[0])
         if tuple(r.shape[-nd:]) != self.shapes[0]:
             raise ValueError(f"field of shape {tuple(r.shape)} does not end with the grid's shape {self.shapes[0]}")
+        if P is not None and P.size > 1:
+            raise ValueError(f"the operator holds one block of {P.size} ranks; apply the multigrid to GridTensors "
+                             "on its partition")
         if self._grid is not None:
             self._build(None)
         shape = (-1, 1) + self.shapes[0]

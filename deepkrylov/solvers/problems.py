@@ -4,16 +4,23 @@
 zero-flux, empty cells zero pressure) and a right-hand side on a ``n^dim`` grid; the default is the smoke scene
 of :func:`deepkrylov.mesh.smoke_scene`. The right-hand side is a smooth random field on the fluid cells (a stand-in
 for a velocity divergence), zero elsewhere, with unit norm.
+
+With ``partition=`` (a :class:`~deepkrylov.distributed.ProcessGrid`) both are built on this rank's block only:
+the scene's mask from the block's cell centres, the operator from it (one halo exchange), and the right-hand side
+a GridTensor on the partition, with the same numbers as the whole problem's blocks.
 """
 
 from __future__ import annotations
 
-from typing import Optional
+import inspect
+from typing import Any, Optional, Union
 
 import torch
 
+from deepkrylov.distributed import GridTensor, ProcessGrid
 from deepkrylov.mesh import (
-    EMPTY, FLUID, SOLID, BoundaryConditions, Box, Sphere, mask_from_shapes, DiffusionOperator, StructuredGrid, gaussian_random_field, laplacian, smoke_scene,
+    EMPTY, FLUID, SOLID, BoundaryConditions, Box, DiffusionOperator, Sphere, StructuredGrid, gaussian_random_field,
+    laplacian, mask_from_shapes, smoke_scene,
 )
 
 __all__ = ["SCENES", "scene_problem", "random_scene"]
@@ -23,30 +30,50 @@ SCENES = ("smoke", "box")
 
 def scene_problem(
     n: int, dim: int = 3, scene: str = "smoke", *, seed: int = 0, dtype: torch.dtype = torch.float64,
-    mask: Optional[torch.Tensor] = None,
-) -> tuple[DiffusionOperator, torch.Tensor]:
+    mask: Any = None, partition: Optional[ProcessGrid] = None,
+) -> tuple[DiffusionOperator, Union[torch.Tensor, GridTensor]]:
     """``(A, b)`` for the pressure system of ``scene`` (``smoke``: obstacles, open top; ``box``: all fluid with
-    Dirichlet walls) on an ``n^dim`` grid, or of a given ``mask`` (FLUID/SOLID/EMPTY voxels)."""
+    Dirichlet walls) on an ``n^dim`` grid, or of a given ``mask`` (FLUID/SOLID/EMPTY voxels: a whole tensor, or
+    with ``partition`` a GridTensor block on it). With ``partition``, ``A`` and ``b`` (a GridTensor
+    ``(1, 1, *block)``) hold this rank's block only."""
     if scene not in SCENES and mask is None:
         raise ValueError(f"scene must be one of {SCENES}, but got {scene!r}")
     grid = StructuredGrid((n,) * dim)
+    kw = {"scaled": False, "dtype": dtype, "partition": partition}
     if mask is not None:
-        A = laplacian(grid, BoundaryConditions.uniform(dim, "neumann"), mask, scaled=False, dtype=dtype)
+        A = laplacian(grid, BoundaryConditions.uniform(dim, "neumann"), mask, **kw)
     elif scene == "smoke":
-        A = laplacian(grid, BoundaryConditions.uniform(dim, "neumann"), smoke_scene(n, dim), scaled=False, dtype=dtype)
+        A = laplacian(grid, BoundaryConditions.uniform(dim, "neumann"), smoke_scene(n, dim, partition=partition), **kw)
     else:
-        A = laplacian(grid, BoundaryConditions.uniform(dim, "dirichlet"), scaled=False, dtype=dtype)
-    field = gaussian_random_field(grid, kernel="rbf", length=0.15, seed=seed)[0]
-    b = torch.where(A.mask == FLUID, field, torch.zeros_like(field)).to(dtype)
-    b = A.project(b[None, None])
+        A = laplacian(grid, BoundaryConditions.uniform(dim, "dirichlet"), **kw)
+    field = _smooth_field(grid, seed, partition)
+    b = torch.where(A.mask == FLUID, field, torch.zeros_like(field)).to(dtype)[None, None]
+    if partition is None:
+        b = A.project(b)
+        return A, b / b.norm()
+    b = A.project(GridTensor(b, partition))
     return A, b / b.norm()
 
 
-def random_scene(n: int, dim: int = 3, *, seed: int = 0) -> torch.Tensor:
+def _smooth_field(grid: StructuredGrid, seed: int, partition: Optional[ProcessGrid]) -> torch.Tensor:
+    """The right-hand side's smooth random field (RBF, length 0.15) on this rank's block."""
+    if partition is None:
+        return gaussian_random_field(grid, kernel="rbf", length=0.15, seed=seed)[0]
+    if "partition" in inspect.signature(gaussian_random_field).parameters:
+        field = gaussian_random_field(grid, kernel="rbf", length=0.15, seed=seed, partition=partition)
+        local = field.local if isinstance(field, GridTensor) else field
+        return local.reshape(partition.local_shape)
+    # drawn whole (its spectrum needs every cell) and sliced
+    return gaussian_random_field(grid, kernel="rbf", length=0.15, seed=seed)[0][partition.local_slices].clone()
+
+
+def random_scene(n: int, dim: int = 3, *, seed: int = 0,
+                 partition: Optional[ProcessGrid] = None) -> Union[torch.Tensor, GridTensor]:
     """A random smoke-style scene on an ``n^dim`` box (FLUID/SOLID/EMPTY mask), for training and held-out tests:
     1-6 solid spheres and boxes of varied sizes, a solid floor of 0-3 layers (half the scenes), and air: an open
     top of 1-3 layers, or else (a quarter of the scenes) a few empty pockets, so the pressure system is
-    nonsingular. The same seed gives the same scene at every ``n``."""
+    nonsingular. The same seed gives the same scene at every ``n``. With ``partition``, this rank's block (a
+    GridTensor; the shapes are drawn the same on every rank)."""
     if dim not in (2, 3) or n < 8:
         raise ValueError(f"random_scene needs dim 2 or 3 and n >= 8, but got dim={dim}, n={n}")
     g = torch.Generator().manual_seed(seed)
@@ -72,9 +99,22 @@ def random_scene(n: int, dim: int = 3, *, seed: int = 0) -> torch.Tensor:
     else:
         for _ in range(1 + int(u() * 3)):
             shapes.append(Sphere(tuple(u(0.1, 0.9) for _ in range(dim)), u(0.05, 0.12), "empty"))
-    mask = mask_from_shapes(StructuredGrid((n,) * dim), shapes)
-    if not bool((mask == EMPTY).any()):  # pockets too small to hold a cell centre: open the top
-        mask[-1] = EMPTY
-    if not bool((mask == FLUID).any()):
+    grid = StructuredGrid((n,) * dim)
+    out = mask_from_shapes(grid, shapes, partition=partition)
+    mask = out.local[0, 0] if partition is not None else out
+    any_empty, any_fluid = _any(partition, bool((mask == EMPTY).any()), bool((mask == FLUID).any()))
+    if not any_empty:  # pockets too small to hold a cell centre: open the top
+        if partition is None or partition.coords[0] == partition.dims[0] - 1:
+            mask[-1] = EMPTY
+        any_fluid = _any(partition, bool((mask == FLUID).any()))[0]
+    if not any_fluid:
         mask[mask == SOLID] = FLUID
-    return mask
+    return out
+
+
+def _any(partition: Optional[ProcessGrid], *flags: bool) -> list[bool]:
+    """Each flag or-ed over the partition's ranks."""
+    if partition is None or partition.size == 1:
+        return list(flags)
+    every = partition.comm.allgather_object(flags)
+    return [any(f[i] for f in every) for i in range(len(flags))]
