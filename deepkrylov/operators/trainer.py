@@ -6,9 +6,13 @@ scheduler, epoch and RNG states are saved), the best weights also kept in memory
 restores its best step by training loss), metrics as JSON lines, a progress bar on rank 0, a seed, DDP when
 ``torch.distributed`` is initialised (gloo on CPU, NCCL on CUDA; the ranks split each global batch of the
 serial order, so a data-parallel run follows the serial one up to rounding), CUDA when present.
-Domain-parallel instead when a ``ProcessGrid`` is given: every rank takes the same batches, the model runs on
-this rank's block of each grid input (a ``GridTensor``; MgNO and HaloConv models), the output is gathered for the
-loss and the weight gradients are summed over the ranks -- for grids whose activations do not fit one process.
+Domain-parallel instead when a ``ProcessGrid`` is given: every rank takes the same batches but holds only its
+block of every grid field -- best read from the file as blocks (``data.HDF5Fields(path, fields, grid)``: each rank
+reads its hyperslab of each sample); whole fields in memory are cut to blocks. The model runs on the blocks
+(``GridTensor``; MgNO and HaloConv models), the loss and the metrics are computed on the blocks with global
+reductions (the losses of ``losses.py``; a custom ``loss`` must accept GridTensors too), nothing is gathered, and
+the weight gradients are summed over the ranks, so the run follows the serial one -- for grids whose data or
+activations do not fit one process.
 Multi-resolution training: ``TrainConfig(resolutions=[32, 64])`` trains each batch at one of these grids in turn
 (resampled from the data's; see :class:`TrainConfig`).
 Data sets yield tuples ``(*inputs, target)``; the model is called as ``model(*inputs)``.
@@ -26,7 +30,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .losses import H1Loss, LpLoss
+from .losses import H1Loss, LpLoss, MSELoss
 
 __all__ = ["Trainer", "TrainConfig", "make_loss", "MODELS", "register_model", "RESUMABLE_OPTIONS",
            "config_conflicts", "checkpoint_config"]
@@ -56,7 +60,7 @@ def make_loss(name: str, d: int = 1) -> torch.nn.Module:
     if name == "h1":
         return H1Loss(d)
     if name == "mse":
-        return torch.nn.MSELoss()
+        return MSELoss()
     raise ValueError(f"loss must be one of {LOSSES}, but got {name!r}")
 
 
@@ -242,8 +246,6 @@ class Trainer:
         else:
             self.scheduler = None
         self.forward = forward or (lambda m, inputs: m(*inputs))
-        if grid is not None:
-            self.forward = self._domain_forward(self.forward, grid)
         self.out_dir = out_dir
         self.epoch = 0
         self.best = float("inf")
@@ -252,18 +254,38 @@ class Trainer:
         if out_dir and self.rank == 0:
             os.makedirs(out_dir, exist_ok=True)
 
-    @staticmethod
-    def _domain_forward(forward: Callable, grid: Any) -> Callable:
-        """``forward`` on this rank's blocks of the inputs shaped like the grid, the output gathered whole."""
+    def _block(self, t: Any) -> Any:
+        """Domain-parallel: a grid field as this rank's GridTensor block (a block as read, or cut from a whole
+        field); anything else unchanged."""
         from deepkrylov.distributed import GridTensor
 
-        def run(m: torch.nn.Module, inputs: tuple) -> torch.Tensor:
-            local = tuple(GridTensor.from_global(t, grid) if tuple(t.shape[2:]) == grid.global_shape else t
-                          for t in inputs)
-            out = forward(m, local)
-            return out.gather() if isinstance(out, GridTensor) else out
+        if not isinstance(t, torch.Tensor) or t.dim() != 2 + self.grid.ndim:
+            return t
+        if tuple(t.shape[2:]) == self.grid.local_shape:
+            return GridTensor(t, self.grid)
+        if tuple(t.shape[2:]) == self.grid.global_shape:
+            return GridTensor.from_global(t, self.grid)
+        return t
 
-        return run
+    def _predict(self, model: torch.nn.Module, inputs: list[Any], y: Any) -> Any:
+        """The model's output; domain-parallel, a whole replicated output (a model that does not take blocks) is
+        cut to this rank's block, so the loss sees the target's form."""
+        out = self.forward(model, tuple(inputs))
+        if self.grid is not None and isinstance(out, torch.Tensor):
+            from deepkrylov.distributed import GridTensor
+
+            if isinstance(y, GridTensor):
+                if tuple(out.shape) != tuple(y.shape):
+                    raise ValueError(f"domain-parallel: the model returned a tensor of shape {tuple(out.shape)}, "
+                                     f"neither a GridTensor nor the whole field {tuple(y.shape)}")
+                out = GridTensor.from_global(out, self.grid)
+        return out
+
+    def _batch(self, ds: Dataset, idx: Union[torch.Tensor, slice]) -> tuple[list[Any], Any]:
+        *inputs, y = self._to(self._fetch(ds, idx))
+        if self.grid is not None:
+            inputs, y = [self._block(t) for t in inputs], self._block(y)
+        return inputs, y
 
     def _sum_gradients(self) -> None:
         """Domain-parallel: each rank holds its blocks' share of every weight gradient; sum them."""
@@ -337,11 +359,13 @@ class Trainer:
     @staticmethod
     def _fetch(ds: Dataset, idx: Union[torch.Tensor, slice]) -> Any:
         """The samples ``idx`` (indices, or a contiguous slice) of ``ds`` as one batch: a TensorDataset is indexed
-        (a slice gives views, no copy), others are collated."""
+        (a slice gives views, no copy), others are collated (read at once through ``__getitems__`` where the data
+        set has it, e.g. one HDF5 read per field for ``HDF5Fields``)."""
         if isinstance(ds, torch.utils.data.TensorDataset):
             return tuple(t[idx] for t in ds.tensors)
-        ids = range(len(ds))[idx] if isinstance(idx, slice) else idx  # type: ignore[arg-type]
-        return torch.utils.data.default_collate([ds[int(i)] for i in ids])
+        ids = [int(i) for i in (range(len(ds))[idx] if isinstance(idx, slice) else idx)]  # type: ignore[arg-type]
+        many = getattr(ds, "__getitems__", None)
+        return torch.utils.data.default_collate(many(ids) if many is not None else [ds[i] for i in ids])
 
     def _to(self, batch: Any) -> list[torch.Tensor]:
         return [b.to(self.device) for b in batch]
@@ -365,11 +389,11 @@ class Trainer:
             if hi == lo:
                 lo, hi = 0, 1
             idx = order[i + lo:i + hi] if order is not None else slice(i + lo, i + hi)
-            *inputs, y = self._to(self._fetch(ds, idx))
+            inputs, y = self._batch(ds, idx)
             if self.config["resolutions"]:
                 inputs, y = self._at_resolution(inputs, y, self.epoch * -(-n // bs) + i // bs)
             self.optimizer.zero_grad(set_to_none=True)
-            loss = self.loss_fn(self.forward(self.model, tuple(inputs)), y)
+            loss = self.loss_fn(self._predict(self.model, inputs, y), y)
             (loss if weight == 1.0 else loss * weight).backward()
             if self.grid is not None:
                 self._sum_gradients()
@@ -416,10 +440,10 @@ class Trainer:
         n, bs = len(ds), self.config["batch_size"]  # type: ignore[arg-type]
         lo, hi = n * self._part // self.world, n * (self._part + 1) // self.world
         for i in range(lo, hi, bs):
-            *inputs, y = self._to(self._fetch(ds, torch.arange(i, min(i + bs, hi))))
-            pred = self.forward(self.module, tuple(inputs))
+            inputs, y = self._batch(ds, torch.arange(i, min(i + bs, hi)))
+            pred = self._predict(self.module, inputs, y)
             rel += float(LpLoss(2, reduction="sum")(pred, y))
-            mse += float(((pred - y) ** 2).reshape(y.shape[0], -1).mean(1).sum())
+            mse += float(MSELoss(reduction="sum")(pred, y))
             loss += float(self.loss_fn(pred, y)) * y.shape[0]
             count += y.shape[0]
         return {"rel_l2": self._allmean(rel, count), "mse": self._allmean(mse, count),

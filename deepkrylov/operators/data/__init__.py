@@ -2,7 +2,7 @@
 
 from . import _io as io  # noqa: F401
 from . import navier_stokes  # noqa: F401
-from ._io import load_dataset, save_dataset  # noqa: F401
+from ._io import HDF5Fields, load_dataset, save_dataset  # noqa: F401
 from .antiderivative import antiderivative, generate_antiderivative, rbf_grf_1d  # noqa: F401
 from .burgers import generate_burgers, solve_burgers  # noqa: F401
 from .darcy import generate_darcy, solve_darcy  # noqa: F401
