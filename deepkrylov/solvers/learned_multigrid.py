@@ -14,6 +14,10 @@ stencils depend on the geometry only: they are computed once in :meth:`LearnedMu
 application costs about one V-cycle. With the network's initial weights every stencil is a Jacobi step whose two
 damping factors reproduce the classical cycle's Chebyshev smoother exactly, so training starts from the classical
 multigrid and can only be measured against it.
+
+For an operator built on a partition the geometry features, the network's convolution (after a halo exchange of
+the features) and the stencils are computed on each rank's block of the distributed levels; only the levels that
+run whole are gathered.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from deepkrylov.distributed import GridTensor, ProcessGrid
 from deepkrylov.mesh import EMPTY, FLUID, SOLID, DiffusionOperator
 from deepkrylov.mesh import _kernels
 
-from .multigrid import Multigrid, _Level
+from .multigrid import Multigrid, _Level, _pad_block
 
 __all__ = ["StencilNet", "LearnedMultigrid", "SHIPPED_LEARNED_MODEL", "load_stencil_net", "save_stencil_net"]
 
@@ -72,16 +76,20 @@ class StencilNet(torch.nn.Module):
     def config(self) -> dict:
         return {"dim": self.dim, "steps": self.steps, "lo": self.lo, "hi": self.hi}
 
-    def forward(self, features: torch.Tensor, dtype: Optional[torch.dtype] = None) -> torch.Tensor:
-        """The stencil channels, in ``dtype`` (default: the network's)."""
+    def forward(self, features: torch.Tensor, dtype: Optional[torch.dtype] = None, padded: bool = False,
+                ) -> torch.Tensor:
+        """The stencil channels, in ``dtype`` (default: the network's). ``padded``: the features already carry one
+        ghost cell per side (a block's halo; zeros outside the domain), so the convolution adds no padding."""
         dtype = dtype or self.conv.weight.dtype
+        conv = F.conv3d if self.dim == 3 else F.conv2d
+        pad = 0 if padded else 1
         if self.training or features.device.type != "cpu":
-            return self.conv(features.to(self.conv.weight.dtype)).to(dtype)
+            w = self.conv.weight
+            return conv(features.to(w.dtype), w, self.conv.bias, padding=pad).to(dtype)
         # inference (set-up) on CPU: torch's float64 conv takes a slow path (7 s at 128^3 here, 0.24 s in float32);
         # the weights' part in float32, the bias (the classical smoother's dampings) added in float64 so that the
         # initial weights still reproduce the classical cycle to rounding
-        conv = F.conv3d if self.dim == 3 else F.conv2d
-        out = conv(features.float(), self.conv.weight.float(), None, padding=1).to(dtype)
+        out = conv(features.float(), self.conv.weight.float(), None, padding=pad).to(dtype)
         return out.add_(self.conv.bias.to(dtype).view((1, -1) + (1,) * self.dim))
 
 
@@ -117,42 +125,73 @@ def level_features(masks: list[torch.Tensor]) -> list[torch.Tensor]:
     out = []
     frac = None
     for i, m in enumerate(masks):
-        onehot = torch.stack([(m == k) for k in (FLUID, SOLID, EMPTY)]).to(torch.float32)[None]  # exact
-        if i == 0:
-            frac = onehot
-        else:
-            pool = F.avg_pool3d if m.dim() == 3 else F.avg_pool2d
-            frac = pool(frac, 2)
+        onehot = _onehot(m)
+        frac = onehot if i == 0 else _pool(frac)
         out.append(torch.cat((onehot, frac), dim=1))
     return out
 
 
-def _shift(w: torch.Tensor, axis: int, step: int, periodic: bool) -> torch.Tensor:
-    """``out[j] = w[j - step e_axis]`` on the last ``dim`` axes, zero past a non-periodic face."""
-    if periodic:
-        return torch.roll(w, step, dims=axis)
-    n = w.shape[axis]
-    out = torch.zeros_like(w)
-    if step > 0:
-        out.narrow(axis, step, n - step).copy_(w.narrow(axis, 0, n - step))
-    else:
-        out.narrow(axis, 0, n + step).copy_(w.narrow(axis, -step, n + step))
+def _onehot(m: torch.Tensor) -> torch.Tensor:
+    return torch.stack([(m == k) for k in (FLUID, SOLID, EMPTY)]).to(torch.float32)[None]  # exact
+
+
+def _pool(frac: torch.Tensor) -> torch.Tensor:
+    return (F.avg_pool3d if frac.dim() == 5 else F.avg_pool2d)(frac, 2)
+
+
+def _op_grid(A: DiffusionOperator) -> Optional[ProcessGrid]:
+    """The process grid of an operator's blocks, None when it is whole (or on one rank)."""
+    return A.partition if A.partition is not None and A.partition.size > 1 else None
+
+
+def _features(ops: list[DiffusionOperator]) -> list[torch.Tensor]:
+    """:func:`level_features` of the hierarchy's operators, each on its own block: fractions pooled locally while
+    the levels are distributed (the blocks halve evenly), gathered where the hierarchy turns whole."""
+    out = []
+    frac = None
+    for i, op in enumerate(ops):
+        onehot = _onehot(op.mask)
+        if i == 0:
+            frac = onehot
+        else:
+            prev = _op_grid(ops[i - 1])
+            if prev is not None and _op_grid(op) is None:
+                frac = GridTensor(frac, prev).gather()
+            frac = _pool(frac)
+        out.append(torch.cat((onehot, frac), dim=1))
     return out
+
+
+def _shifted(p: torch.Tensor, a: int, step: int, shape: tuple) -> torch.Tensor:
+    """``out[j] = w[j - step e_a]`` read from ``w`` padded by one cell on its last ``len(shape)`` axes."""
+    nd = len(shape)
+    idx = [slice(1, n + 1) for n in shape]
+    idx[a] = slice(1 - step, 1 - step + shape[a])
+    return p[(Ellipsis,) + tuple(idx)]
 
 
 def stencil_fields(net: StencilNet, A: DiffusionOperator, features: torch.Tensor,
                    dtype: torch.dtype = torch.float64) -> dict:
     """The level's smoothing stencils (already times ``D^-1``) and their transposes in the compiled pass's form
     ``[d, w0l, w0h, w1l, w1h, w2l, w2h]`` with ``S x = d x - sum_j w_j x[neighbour j]`` (five entries in 2D), and the
-    correction weight; whole-grid tensors of ``dtype``, differentiable in the network's weights."""
+    correction weight; tensors of ``A``'s block (the whole grid without a partition) in ``dtype``, differentiable
+    in the network's weights. On a partition the features' and the stencils' neighbours come by halo exchange."""
     nd = A.grid.ndim
-    raw = net(features, dtype)[0]
+    grid = _op_grid(A)
+    shape = A.block_shape
+    if grid is None:
+        raw = net(features, dtype)[0]
+    else:
+        raw = net(GridTensor(features, grid).halo(1, "zeros"), dtype, padded=True)[0]
     fluid = A.fluid
-    dinv = (fluid / A.diagonal()).to(dtype)
-    links = []  # a link carries weight only between fluid cells inside the domain (periodic axes wrap)
+    diag = A.diagonal()
+    diag = diag.local.reshape(shape) if isinstance(diag, GridTensor) else diag
+    dinv = (fluid / diag).to(dtype)
+    # a link carries weight only between fluid cells inside the domain (periodic axes wrap)
+    fp = _pad_block(fluid.to(torch.float32)[None, None], A.bc, grid, 0.0)[0, 0] > 0
+    links = []
     for a in range(nd):
-        p = A.bc.periodic(a)
-        links += [fluid & _shift(fluid, a, 1, p), fluid & _shift(fluid, a, -1, p)]
+        links += [fluid & _shifted(fp, a, 1, shape), fluid & _shifted(fp, a, -1, shape)]
     steps, transposes = [], []
     P = net.points
     for k in range(net.steps):
@@ -160,10 +199,11 @@ def stencil_fields(net: StencilNet, A: DiffusionOperator, features: torch.Tensor
         nbrs = [(raw[k * P + 1 + j] * dinv).masked_fill_(~links[j], 0.0).neg_() if not raw.requires_grad
                 else -(raw[k * P + 1 + j] * dinv * links[j]) for j in range(2 * nd)]
         steps.append([centre] + nbrs)
+        # S^T: the low neighbour's weight is the high weight of the cell below, and so on (zero past a face)
+        padded = _pad_block(torch.stack(nbrs)[None], A.bc, grid, 0.0)[0]
         tr = [centre]
-        for a in range(nd):  # S^T: the low neighbour's weight is the high weight of the cell below, and so on
-            p = A.bc.periodic(a)
-            tr += [_shift(nbrs[2 * a + 1], a, 1, p), _shift(nbrs[2 * a], a, -1, p)]
+        for a in range(nd):
+            tr += [_shifted(padded[2 * a + 1], a, 1, shape), _shifted(padded[2 * a], a, -1, shape)]
         transposes.append(tr)
     return {"steps": steps, "transposes": transposes, "weight": raw[-1] * fluid}
 
@@ -196,7 +236,7 @@ class LearnedMultigrid(Multigrid):
         self.__dict__.pop("_fields", None)
         super().setup(A, grid)
         with torch.no_grad():
-            feats = level_features([op.mask for op in self._ops])
+            feats = _features(self._ops)
             dtype = self.dtype or torch.float64
             self._fields = [stencil_fields(self.net, op, f, dtype) for op, f in zip(self._ops, feats)]
         self._slice_fields()
@@ -212,7 +252,7 @@ class LearnedMultigrid(Multigrid):
 
     def refresh(self) -> None:
         """Recompute the stencils from the network with autograd on (training: one call per step)."""
-        feats = self.__dict__.setdefault("_features", level_features([op.mask for op in self._ops]))
+        feats = self.__dict__.setdefault("_features", _features(self._ops))
         self._fields = [stencil_fields(self.net, op, f) for op, f in zip(self._ops, feats)]
         self._slice_fields()
 

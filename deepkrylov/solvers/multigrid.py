@@ -192,30 +192,38 @@ class _Level(_Cached):
         """``x`` padded by one cell: neighbours' cells inside, and at the domain's faces the ghost the boundary
         condition implies for a cell-centred field: wrapped (periodic), ``-x`` (Dirichlet: zero on the face), zero
         (Neumann: nothing crosses). ``dirichlet``: a value for the Dirichlet ghosts instead of ``-x``."""
-        nd = self.nd
-        if self.grid is not None:
-            p = GridTensor(x, self.grid).halo(1, "circular" if any(self.periodic) else "zeros")
-            coords, dims = self.grid.coords, self.grid.dims
-        else:
-            mode = "circular" if any(self.periodic) else "constant"
-            lead = x.shape[:x.dim() - nd]
-            p = torch.nn.functional.pad(x.reshape((-1, 1) + tuple(x.shape[-nd:])), (1, 1) * nd, mode=mode)
-            p = p.reshape(lead + tuple(p.shape[-nd:]))
-            coords, dims = (0,) * nd, (1,) * nd
-        lead = p.dim() - nd
-        for a in range(nd):
-            if self.periodic[a]:
+        return _pad_block(x, self.A.bc, self.grid, dirichlet)
+
+
+def _pad_block(x: torch.Tensor, bc: Any, grid: Optional[ProcessGrid], dirichlet: Optional[float] = None,
+               ) -> torch.Tensor:
+    """A block ``(..., *spatial)`` (``(batch, channels, *local)`` on ``grid``) padded by one cell as in
+    :meth:`_Level.pad`; ``grid`` None: the whole grid."""
+    nd = bc.ndim
+    periodic = tuple(bc.periodic(a) for a in range(nd))
+    if grid is not None:
+        p = GridTensor(x, grid).halo(1, "circular" if any(periodic) else "zeros")
+        coords, dims = grid.coords, grid.dims
+    else:
+        mode = "circular" if any(periodic) else "constant"
+        lead = x.shape[:x.dim() - nd]
+        p = torch.nn.functional.pad(x.reshape((-1, 1) + tuple(x.shape[-nd:])), (1, 1) * nd, mode=mode)
+        p = p.reshape(lead + tuple(p.shape[-nd:]))
+        coords, dims = (0,) * nd, (1,) * nd
+    lead = p.dim() - nd
+    for a in range(nd):
+        if periodic[a]:
+            continue
+        ax, m = lead + a, p.shape[lead + a]
+        for side, ghost, inner in ((0, 0, 1), (1, m - 1, m - 2)):
+            if coords[a] != (0 if side == 0 else dims[a] - 1):
                 continue
-            ax, m = lead + a, p.shape[lead + a]
-            for side, ghost, inner in ((0, 0, 1), (1, m - 1, m - 2)):
-                if coords[a] != (0 if side == 0 else dims[a] - 1):
-                    continue
-                g = p.narrow(ax, ghost, 1)
-                if self.A.bc.faces[a][side] == "dirichlet":
-                    torch.neg(p.narrow(ax, inner, 1), out=g) if dirichlet is None else g.fill_(dirichlet)
-                else:
-                    g.zero_()
-        return p
+            g = p.narrow(ax, ghost, 1)
+            if bc.faces[a][side] == "dirichlet":
+                torch.neg(p.narrow(ax, inner, 1), out=g) if dirichlet is None else g.fill_(dirichlet)
+            else:
+                g.zero_()
+    return p
 
 
 class _Transfer(_Cached):
