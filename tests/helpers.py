@@ -36,12 +36,13 @@ def run_mpi(n: int, args: list[str], env: dict | None = None, timeout: float = 6
     )
 
 
-def run_pytest_mpi(n: int, target: str, backend: str = "mpi", timeout: float = 600) -> None:
-    """Run a pytest file on ``n`` ranks and fail with its output unless every rank passed."""
+def run_pytest_mpi(n: int, target: str | list[str], backend: str = "mpi", timeout: float = 600) -> None:
+    """Run a pytest file (or a list of files, in one launch) on ``n`` ranks and fail with its output unless every
+    rank passed."""
     if not mpiexec_available():
         pytest.skip("mpiexec or mpi4py is not installed (run scripts/setup.sh)")
     res = run_mpi(
-        n, ["-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", target],
+        n, ["-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *([target] if isinstance(target, str) else target)],
         env={"DEEPKRYLOV_TEST_BACKEND": backend}, timeout=timeout,
     )
     if res.returncode != 0:

@@ -8,6 +8,7 @@ does, that every rank goes on to compute the same function of them, so gradients
 
 from __future__ import annotations
 
+import math
 import numbers
 from typing import Any, Callable, Optional, Sequence, Union
 
@@ -31,15 +32,38 @@ class _AllReduceSum(torch.autograd.Function):
         return g, None
 
 
+def _block_counts(grid: ProcessGrid, lead: Sequence[int]) -> list[int]:
+    """Elements of every rank's block ``(*lead, *local_shape)``, in rank order."""
+    n = math.prod(lead)
+    return [n * math.prod(s.stop - s.start for s in grid.local_slices_of(r)) for r in range(grid.size)]
+
+
+def _pack(full: torch.Tensor, grid: ProcessGrid) -> torch.Tensor:
+    """The blocks of a whole tensor, flattened one after another in rank order (what ``scatterv`` sends)."""
+    lead = (slice(None), slice(None))
+    return torch.cat([full[lead + grid.local_slices_of(r)].reshape(-1) for r in range(grid.size)])
+
+
+def _unpack(flat: torch.Tensor, grid: ProcessGrid, lead: Sequence[int]) -> torch.Tensor:
+    """Inverse of :func:`_pack`: the whole tensor from its blocks (what ``gatherv`` returns)."""
+    full = flat.new_empty(tuple(lead) + grid.global_shape)
+    start = 0
+    for r, n in enumerate(_block_counts(grid, lead)):
+        sl = grid.local_slices_of(r)
+        full[(slice(None), slice(None)) + sl] = flat[start:start + n].view(tuple(lead) + tuple(s.stop - s.start for s in sl))
+        start += n
+    return full
+
+
 class _GatherAll(torch.autograd.Function):
-    """Every rank gets the whole tensor; each block's gradient is its slice of the (replicated) gradient."""
+    """Every rank gets the whole tensor (an all-gather of the blocks); each block's gradient is its slice of the
+    (replicated) gradient."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, grid: ProcessGrid) -> torch.Tensor:  # type: ignore[override]
-        full = x.new_zeros(tuple(x.shape[:2]) + grid.global_shape)
-        full[(slice(None), slice(None)) + grid.local_slices] = x
+        lead = tuple(x.shape[:2])
         ctx.grid = grid
-        return grid.comm.allreduce_(full)
+        return _unpack(grid.comm.allgatherv(x, _block_counts(grid, lead)), grid, lead)
 
     @staticmethod
     def backward(ctx, g: torch.Tensor):  # type: ignore[override]
@@ -80,7 +104,8 @@ class GridTensor:
 
     @classmethod
     def scatter(cls, tensor: Optional[torch.Tensor], grid: ProcessGrid, root: int = 0) -> "GridTensor":
-        """Distribute a whole tensor held on ``root`` only (``None`` elsewhere)."""
+        """Distribute a whole tensor held on ``root`` only (``None`` elsewhere): each rank receives its block
+        (``scatterv``); the whole tensor exists on the root only. Not differentiable."""
         comm = grid.comm
         meta = None
         if comm.rank == root:
@@ -93,9 +118,10 @@ class GridTensor:
         if meta[0] == "error":
             raise ValueError(meta[1])
         _, shape, dtype, device = meta
-        full = tensor.detach().clone() if comm.rank == root else torch.zeros(shape, dtype=dtype, device=device)
-        comm.allreduce_(full)
-        return cls.from_global(full, grid)
+        lead = tuple(shape[:2])
+        packed = _pack(tensor.detach(), grid) if comm.rank == root else None
+        local = comm.scatterv(packed, _block_counts(grid, lead), root=root, dtype=dtype, device=torch.device(device))
+        return cls(local.view(lead + grid.local_shape), grid)
 
     @classmethod
     def zeros(
@@ -172,13 +198,15 @@ class GridTensor:
         return torch.tensor(max(values), dtype=self.dtype)
 
     def gather(self, root: Optional[int] = None) -> Optional[torch.Tensor]:
-        """The whole tensor: on every rank (``root=None``, differentiable) or on ``root`` only (None elsewhere)."""
+        """The whole tensor: on every rank (``root=None``, an all-gather, differentiable) or on ``root`` only
+        (``gatherv`` of the blocks: the whole tensor exists there only; None elsewhere; not differentiable)."""
         if root is None:
             return _GatherAll.apply(self.local, self.grid)
         if not 0 <= root < self.grid.size:
             raise ValueError(f"root must be a rank in [0, {self.grid.size}), but got {root}")
-        full = _GatherAll.apply(self.local.detach(), self.grid)
-        return full if self.grid.rank == root else None
+        lead = tuple(self.local.shape[:2])
+        flat = self.grid.comm.gatherv(self.local.detach(), _block_counts(self.grid, lead), root=root)
+        return None if flat is None else _unpack(flat, self.grid, lead)
 
     # ---- pointwise arithmetic -------------------------------------------------------------------------------
     def with_local(self, local: torch.Tensor) -> "GridTensor":

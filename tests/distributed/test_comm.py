@@ -109,3 +109,71 @@ def test_bad_counts_and_root(ctx):
         comm.gatherv(x, [4] * comm.size, root=comm.size)
     with pytest.raises(ValueError, match="send has 4 elements, but the counts add up to 5"):
         comm.allgatherv(x, [5] * comm.size)
+
+
+# ---- GridTensor.scatter / gather(root): blocks only ---------------------------------------------------------------
+def _uneven_grid(ctx, shape):
+    """Blocks of different sizes along every split axis (the last block takes the remainder)."""
+    from deepkrylov.distributed import ProcessGrid, default_dims
+
+    dims = default_dims(ctx.size, shape)
+    splits = [tuple([1 + i for i in range(d - 1)] + [n - sum(1 + i for i in range(d - 1))]) for n, d in zip(shape, dims)]
+    return ProcessGrid(ctx, shape, dims=dims, splits=splits)
+
+
+@pytest.mark.parametrize("shape", [(23,), (13, 10), (9, 8, 7)], ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("dtype", [torch.float64, torch.complex128], ids=str)
+def test_scatter_gather_round_trip_uneven_blocks(ctx, shape, dtype):
+    from deepkrylov.distributed import GridTensor
+
+    grid = _uneven_grid(ctx, shape)
+    full = torch.randn((2, 3) + shape, generator=torch.Generator().manual_seed(1), dtype=dtype)
+    for root in {0, ctx.size - 1}:
+        x = GridTensor.scatter(full if ctx.rank == root else None, grid, root=root)
+        assert torch.equal(x.local, full[(slice(None), slice(None)) + grid.local_slices])
+        back = x.gather(root=root)
+        assert (back is None) == (ctx.rank != root)
+        if back is not None:
+            assert torch.equal(back, full)
+    assert torch.equal(GridTensor.from_global(full, grid).gather(), full)
+
+
+def test_scatter_gather_adjoint_and_gather_gradient(ctx):
+    """<gather_root(x), y> = <x, scatter(y)>; the all-gather's gradient is the slice of the serial one."""
+    from deepkrylov.distributed import GridTensor
+
+    grid = _uneven_grid(ctx, (13, 10))
+    x_full = torch.randn(1, 2, 13, 10, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    y_full = torch.randn(1, 2, 13, 10, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    x = GridTensor.from_global(x_full, grid)
+    gx = x.gather(root=0)
+    sy = GridTensor.scatter(y_full if ctx.rank == 0 else None, grid, root=0)
+    lhs = ctx.comm.allreduce_(((gx * y_full).sum() if ctx.rank == 0 else torch.zeros((), dtype=torch.float64)).reshape(1))
+    rhs = ctx.comm.allreduce_((x.local * sy.local).sum().reshape(1))
+    torch.testing.assert_close(lhs, rhs, rtol=1e-13, atol=0)
+
+    leaf = x.local.clone().requires_grad_(True)
+    (GridTensor(leaf, grid).gather() * y_full).sum().backward()
+    assert torch.equal(leaf.grad, y_full[(slice(None), slice(None)) + grid.local_slices])
+
+
+def test_scatter_and_gather_to_root_allocate_blocks_only_elsewhere(ctx):
+    """Off the root no tensor larger than the block is ever allocated (the whole field exists on the root only)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from deepkrylov.distributed import GridTensor
+
+    if ctx.size == 1:
+        pytest.skip("needs ranks other than the root")
+    grid = _uneven_grid(ctx, (40, 30))
+    full = torch.randn(1, 2, 40, 30, dtype=torch.float64)
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        x = GridTensor.scatter(full if ctx.rank == 0 else None, grid, root=0)
+        x.gather(root=0)
+    largest = max((e.cpu_memory_usage for e in prof.events()), default=0)
+    block_bytes = x.local.numel() * x.local.element_size()
+    if ctx.rank == 0:
+        assert largest >= full.numel() * full.element_size()  # the probe sees the root's whole tensor
+    else:
+        assert 0 < largest <= block_bytes < full.numel() * full.element_size()
+

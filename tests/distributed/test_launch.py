@@ -21,8 +21,7 @@ SUITES = [
 @pytest.mark.parametrize("backend", ["mpi", "torch"])
 @pytest.mark.parametrize("n", [1, 2, 4])
 def test_distributed_suite_on_ranks(n, backend):
-    for suite in SUITES:
-        run_pytest_mpi(n, suite, backend=backend)
+    run_pytest_mpi(n, SUITES, backend=backend)  # one launch for all files: start-up dominates their run time
 
 
 @pytest.mark.parametrize("backend", ["mpi", "torch"])

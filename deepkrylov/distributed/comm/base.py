@@ -154,7 +154,13 @@ def _flat(t: torch.Tensor, n: int, what: str) -> torch.Tensor:
     """``t``'s elements as a contiguous 1-D tensor, checked to hold ``n`` of them."""
     if t.numel() != n:
         raise ValueError(f"{what} has {t.numel()} elements, but the counts add up to {n}")
-    return t.reshape(-1) if t.is_contiguous() else t.contiguous().view(-1)
+    return _unit_stride(t.reshape(-1) if t.is_contiguous() else t.contiguous().view(-1))
+
+
+def _unit_stride(flat: torch.Tensor) -> torch.Tensor:
+    """A contiguous 1-D tensor of at most one element may have any stride; give it stride 1 (same memory), so that
+    it can be viewed in another dtype."""
+    return flat.as_strided((flat.numel(),), (1,)) if flat.numel() <= 1 else flat
 
 
 def _out(out: Optional[torch.Tensor], n: int, like: torch.Tensor, what: str = "out") -> torch.Tensor:
@@ -166,7 +172,7 @@ def _out(out: Optional[torch.Tensor], n: int, like: torch.Tensor, what: str = "o
             f"{what} must be a contiguous {like.dtype} tensor on {like.device} with {n} elements, but got "
             f"{tuple(out.shape)} {out.dtype} on {out.device} (contiguous: {out.is_contiguous()})"
         )
-    return out.view(-1)
+    return _unit_stride(out.view(-1))
 
 
 def _displs(counts: Sequence[int]) -> list[int]:
