@@ -41,6 +41,9 @@ _GRID_ONLY = ("resolutions", "resample")  # training options of the grid models 
 _MODEL_OPTIONS = {"deeponet": ("branch", "trunk", "pod", "activation"), "mgno": ("width", "layers", "levels"),
                   "fno": ("width", "layers", "modes"), "converted-unet": ("width", "layers")}
 _RESUME_MAY_CHANGE = ("epochs",)
+# the grid models' defaults are the benchmarks' recipe (benchmarks/operators.py): Adam, lr 1e-3 annealed to 0 by a
+# cosine over the epochs, weight decay 1e-4, relative H1 loss, batches of 20 (MgNO: constant lr swings its error)
+_GRID_RECIPE = dict(batch_size=20, lr=1e-3, weight_decay=1e-4, loss="h1", scheduler="cosine")
 
 
 def _ints(text: str) -> list[int]:
@@ -80,12 +83,14 @@ def register(sub: Any, train_sub: Any) -> None:
         t.add_argument("--test", default=None, help="separate test set (default: hold out of --data)")
         t.add_argument("--ntrain", type=int, default=None, help="training samples (default 80%% of --data)")
         t.add_argument("--epochs", type=int, default=100)
-        t.add_argument("--batch-size", type=int, default=32)
+        grid_model = name != "deeponet"
+        t.add_argument("--batch-size", type=int, default=_GRID_RECIPE["batch_size"] if grid_model else 32)
         t.add_argument("--lr", type=float, default=1e-3)
         t.add_argument("--optimizer", default="adam", choices=("adam", "adamw", "sgd"))
-        t.add_argument("--weight-decay", type=float, default=0.0)
-        t.add_argument("--loss", default="l2" if name != "deeponet" else "mse", choices=("l2", "l1", "mse", "h1"))
-        t.add_argument("--scheduler", default="none", choices=SCHEDULERS,
+        t.add_argument("--weight-decay", type=float, default=_GRID_RECIPE["weight_decay"] if grid_model else 0.0)
+        t.add_argument("--loss", default=_GRID_RECIPE["loss"] if grid_model else "mse",
+                       choices=("l2", "l1", "mse", "h1"))
+        t.add_argument("--scheduler", default=_GRID_RECIPE["scheduler"] if grid_model else "none", choices=SCHEDULERS,
                        help="step: lr * gamma^(epoch // step-size); exponential: lr * gamma^epoch; inverse_time: "
                             "lr / (1 + gamma * epoch / step-size); cosine: to 0 over --epochs")
         t.add_argument("--step-size", type=int, default=100, help="scheduler period in epochs")
@@ -117,8 +122,8 @@ def register(sub: Any, train_sub: Any) -> None:
                                 "linear (interpolation, any size)")
         if name == "mgno":
             t.add_argument("--levels", type=int, default=6,
-                           help="V-cycle levels (one smoothing step each, two on the coarsest); the grid must be "
-                                "divisible by 2^(levels-1)")
+                           help="V-cycle levels (one smoothing step each, two on the coarsest) on the training grid, "
+                                "which must be divisible by 2^(levels-1); other grids: that grid times 2^k")
             t.add_argument("--domain-parallel", action="store_true",
                            help="under mpiexec: split each sample's grid over the ranks (GridTensor) instead of "
                                 "splitting the batches (DDP), for grids too large for one process")
@@ -163,6 +168,48 @@ def _cmd_datagen(args: argparse.Namespace) -> int:
     return 0
 
 
+def _grid_layout(path: str) -> tuple[list[Any], int, tuple[int, ...]]:
+    """``(HDF5Fields field specs [input, target], samples, grid shape)`` of a generated grid data file, read from
+    its metadata only (no arrays), with the errors of :func:`load_arrays`."""
+    from .data._io import _open
+
+    with _open(path) as f:
+        for inp, tgt, _ in _LAYOUTS:
+            if inp in f and tgt in f:
+                x, y = f[inp].shape, f[tgt].shape
+                target: Any = (tgt, -1) if tgt == "w" else tgt
+                if tgt == "w":
+                    y = y[:1] + y[2:]
+                if x[0] != y[0]:
+                    raise ValueError(f"{path!r}: {inp!r} has {x[0]} samples but {tgt!r} has {y[0]}")
+                if x[1:] != y[1:] or len(x) < 2:
+                    raise ValueError(f"{path!r}: {inp!r} {x} and {tgt!r} {y} are not fields on one grid")
+                return [inp, target], int(x[0]), tuple(int(n) for n in x[1:])
+        keys = sorted(f.keys())
+    raise KeyError(f"{path!r} has fields {keys}; expected one of the pairs {[(i, t) for i, t, _ in _LAYOUTS]}")
+
+
+def _block_statistics(ds: Any, comm: Any, chunk: int = 64) -> tuple[float, float, float, float]:
+    """``Normalized.statistics`` of the whole training fields from this rank's blocks (float64 sums over the ranks,
+    two passes: mean, then the unbiased variance)."""
+    n = len(ds)
+    sums = torch.zeros(3, dtype=torch.float64)
+    for i in range(0, n, chunk):
+        x, y = torch.utils.data.default_collate(ds.__getitems__(list(range(i, min(i + chunk, n)))))
+        sums += torch.tensor([x.double().sum(), y.double().sum(), x.numel()], dtype=torch.float64)
+    comm.allreduce_(sums)
+    mx, my, count = float(sums[0] / sums[2]), float(sums[1] / sums[2]), float(sums[2])
+    sq = torch.zeros(2, dtype=torch.float64)
+    for i in range(0, n, chunk):
+        x, y = torch.utils.data.default_collate(ds.__getitems__(list(range(i, min(i + chunk, n)))))
+        sq += torch.stack([(x.double() - mx).pow(2).sum(), (y.double() - my).pow(2).sum()])
+    comm.allreduce_(sq)
+    sx, sy = float(sq[0] / (count - 1)) ** 0.5, float(sq[1] / (count - 1)) ** 0.5
+    if not (sx > 0 and sy > 0):
+        raise ValueError("training inputs and targets must not be constant (zero standard deviation)")
+    return mx, sx, my, sy
+
+
 def load_arrays(path: str) -> tuple[np.ndarray, np.ndarray, Optional[np.ndarray]]:
     """``(inputs (N, ...), targets (N, ...), coordinates or None)`` of a generated file, with clear errors."""
     from .data import load_dataset
@@ -198,7 +245,8 @@ def build_model(spec: dict[str, Any]) -> torch.nn.Module:
     if name == "mgno":
         levels = spec.get("levels", 6)
         model: torch.nn.Module = MgNO(1, 1, channels=spec["width"], num_layers=spec["layers"], dim=spec["dim"],
-                                      iterations=((1, 0),) * (levels - 1) + ((2, 0),))
+                                      iterations=((1, 0),) * (levels - 1) + ((2, 0),),
+                                      resolution=spec.get("resolution"))  # the V-cycle's levels: physical scales
     elif name == "fno":
         model = FNO(1, 1, modes=spec["modes"], width=spec["width"], num_layers=spec["layers"], dim=spec["dim"])
     elif name == "converted-unet":
@@ -269,7 +317,6 @@ def _plain(v: Any) -> Any:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from .normalization import Normalized
-    from .trainer import Trainer
 
     domain = getattr(args, "domain_parallel", False)
     ctx = _context(data_parallel=not domain)
@@ -277,6 +324,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if domain and args.resolutions:
         raise SystemExit(f"deepkrylov train {args.model}: --resolutions and --domain-parallel cannot be combined "
                          f"(the domain grid fixes one resolution)")
+    if domain:
+        return _train_domain_parallel(args, ctx)
     try:
         x, y, c = load_arrays(args.data)
         xs, ys, _ = load_arrays(args.test) if args.test else (None, None, None)
@@ -318,22 +367,33 @@ def _cmd_train(args: argparse.Namespace) -> int:
                     normalization=list(Normalized.statistics(*train.tensors)))
         model = build_model(spec)
         fwd = None  # type: ignore[assignment]
-    cfg = dict(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, loss=args.loss, scheduler=args.scheduler,
-               step_size=args.step_size, gamma=args.gamma, seed=args.seed, loss_dim=max(1, x.ndim - 1),
-               optimizer=args.optimizer, weight_decay=args.weight_decay)
-    if args.model != "deeponet":
-        cfg.update(resolutions=args.resolutions, resample=args.resample)
+    cfg = _train_config(args, x.ndim - 1)
     if ctx.is_root:
         os.makedirs(args.out, exist_ok=True)
         if args.model == "deeponet":
             np.save(os.path.join(args.out, "coords.npy"), coords.numpy())
+    return _run(args, ctx, spec, model, cfg, train, test, fwd)
+
+
+def _train_config(args: argparse.Namespace, dim: int) -> dict[str, Any]:
+    """The Trainer's configuration from the command line (``dim``: spatial axes of the data, for H1)."""
+    cfg = dict(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, loss=args.loss, scheduler=args.scheduler,
+               step_size=args.step_size, gamma=args.gamma, seed=args.seed, loss_dim=max(1, dim),
+               optimizer=args.optimizer, weight_decay=args.weight_decay)
+    if args.model != "deeponet":
+        cfg.update(resolutions=args.resolutions, resample=args.resample)
+    return cfg
+
+
+def _run(args: argparse.Namespace, ctx: Any, spec: dict[str, Any], model: torch.nn.Module, cfg: dict[str, Any],
+         train: Any, test: Any, fwd: Any = None, grid: Any = None) -> int:
+    """Write ``model.json``, train, print the last metrics (rank 0)."""
+    from .trainer import Trainer
+
+    if ctx.is_root:
+        os.makedirs(args.out, exist_ok=True)
         with open(os.path.join(args.out, "model.json"), "w") as f:
             json.dump(spec, f)
-    grid = None
-    if domain:
-        from deepkrylov.distributed import ProcessGrid
-
-        grid = ProcessGrid(ctx, tuple(x.shape[1:]))
     trainer = Trainer(model, cfg, out_dir=args.out, forward=fwd, grid=grid)
     hist = trainer.fit(train, {"test": test}, resume=args.resume)
     del trainer, model  # the DDP wrapper holds the process group
@@ -341,6 +401,39 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if ctx.is_root:
         print(json.dumps(hist[-1] if hist else {}))
     return 0
+
+
+def _train_domain_parallel(args: argparse.Namespace, ctx: Any) -> int:
+    """``--domain-parallel``: every rank reads only its block of each sample from the files (``HDF5Fields``), the
+    normalisation statistics come from global sums over the blocks, and the Trainer trains on the blocks."""
+    from deepkrylov.distributed import ProcessGrid
+
+    from .data import HDF5Fields
+
+    try:
+        fields, n, shape = _grid_layout(args.data)
+        test_fields, n_test, test_shape = _grid_layout(args.test) if args.test else (fields, n, shape)
+    except (KeyError, ValueError, FileNotFoundError) as err:
+        raise SystemExit(f"deepkrylov train {args.model}: {err}")
+    if test_shape != shape:
+        raise SystemExit(f"deepkrylov train {args.model} --domain-parallel: the test set's grid {test_shape} differs "
+                         f"from the training grid {shape} (one process grid splits both)")
+    ntrain = (n if args.test else int(0.8 * n)) if args.ntrain is None else args.ntrain
+    test_ids = range(n_test) if args.test else range(ntrain, n)
+    if not 1 <= ntrain <= n or len(test_ids) == 0:
+        raise SystemExit(f"need 1 <= ntrain <= {n} and a non-empty test set, got ntrain={ntrain}")
+    try:
+        grid = ProcessGrid(ctx, shape)
+    except ValueError as err:
+        raise SystemExit(f"deepkrylov train {args.model} --domain-parallel: {err}")
+    train = HDF5Fields(args.data, fields, grid, samples=range(ntrain))
+    test = HDF5Fields(args.test or args.data, test_fields, grid, samples=test_ids)
+    spec: dict[str, Any] = {"model": args.model, "ntrain": ntrain, "levels": args.levels, "width": args.width,
+                            "layers": args.layers, "modes": args.modes, "dim": len(shape), "resolution": list(shape),
+                            "normalization": list(_block_statistics(train, ctx.comm))}
+    torch.manual_seed(args.seed)  # the initial weights depend on the seed only, as in the serial run
+    model = build_model(spec)
+    return _run(args, ctx, spec, model, _train_config(args, len(shape)), train, test, grid=grid)
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:

@@ -1,4 +1,6 @@
-"""Domain-decomposed MgNO: forward and backward on a GridTensor equal the serial model (run on 1, 2 and 4 ranks)."""
+"""Domain-decomposed MgNO: forward and backward on a GridTensor equal the serial model; domain-parallel training
+without whole samples: block-wise losses, HDF5 hyperslab reads, the Trainer on blocks == serial. Run serially and,
+by tests/operators_ext/test_mpi.py, on 2 ranks (torch engine) and 4 ranks (mpi engine)."""
 
 from __future__ import annotations
 
@@ -184,8 +186,7 @@ def test_hdf5_blocks_are_this_ranks_hyperslabs(ctx, tmp_path):
         HDF5Fields(path, ["a", "u"], grid)
 
 
-@pytest.mark.parametrize("model_name", ["cnn", "mgno"])
-def test_domain_training_from_hdf5_equals_serial(ctx, tmp_path, monkeypatch, model_name):
+def test_domain_training_from_hdf5_equals_serial(ctx, tmp_path, monkeypatch):
     """Trainer(grid=...) on blocks read from an HDF5 file (H1 loss, two epochs with a short batch, evaluation)
     reaches the serial Trainer's parameters and metrics on the whole arrays; no field is ever gathered or cut from
     a whole one."""
@@ -201,8 +202,7 @@ def test_domain_training_from_hdf5_equals_serial(ctx, tmp_path, monkeypatch, mod
 
     def model() -> torch.nn.Module:
         torch.manual_seed(5)
-        net = _CNN() if model_name == "cnn" else MgNO(1, 1, channels=3, num_layers=2, iterations=[[1, 0], [1, 0]])
-        return Normalized(net, 0.1, 2.0, -0.3, 0.5).double()
+        return Normalized(_CNN(), 0.1, 2.0, -0.3, 0.5).double()
 
     serial = Trainer(model(), cfg)
     hs = serial.fit(TensorDataset(a[:5, None], w[:5, None]), {"test": TensorDataset(a[5:, None], w[5:, None])})

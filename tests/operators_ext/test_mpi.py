@@ -1,4 +1,5 @@
-"""Driver: the distributed MgNO test file on 2 and 4 real MPI ranks."""
+"""Driver: the distributed MgNO and domain-parallel training file on 2 and 4 real MPI ranks, one engine each (the
+file runs on 1 rank in the serial pass); two launches, so each engine is covered without doubling them."""
 
 from __future__ import annotations
 
@@ -8,6 +9,6 @@ from tests.helpers import run_pytest_mpi
 
 
 @pytest.mark.mpi
-@pytest.mark.parametrize("n", [2, 4])
-def test_distributed_mgno_on_ranks(n):
-    run_pytest_mpi(n, "tests/operators_ext/test_mgno_distributed.py")
+@pytest.mark.parametrize("n,backend", [(2, "torch"), (4, "mpi")])
+def test_distributed_mgno_on_ranks(n, backend):
+    run_pytest_mpi(n, "tests/operators_ext/test_mgno_distributed.py", backend=backend)
