@@ -1,4 +1,5 @@
-"""MgNO: the authors' parameter count, one set of weights at several resolutions, V-cycle structure, bad inputs."""
+"""MgNO: the authors' parameter count, one set of weights at several resolutions, V-cycle structure, resolution
+consistency (one limit as the grid is refined), bad inputs and the sizes named in their errors."""
 
 from __future__ import annotations
 
@@ -10,10 +11,69 @@ from deepkrylov.operators.mgno import DARCY_ROUGH_ITERATIONS, MgConv, MgNO
 
 
 def test_darcy_rough_parameter_count():
-    model = MgNO(in_channels=1, out_channels=1, channels=24, num_layers=4, iterations=[[1, 0]] * 5 + [[2, 0]])
+    model = MgNO(in_channels=1, out_channels=1, channels=24, num_layers=4, iterations=[[1, 0]] * 5 + [[2, 0]],
+                 transfer_init="random")
     assert sum(p.numel() for p in model.parameters()) == 572_661
     assert tuple(DARCY_ROUGH_ITERATIONS) == ((1, 0),) * 5 + ((2, 0),)
     assert sum(p.numel() for p in MgNO().parameters()) == 572_661
+    # the resolution-consistent model (the CLI's) keeps the authors' parameterisation
+    assert sum(p.numel() for p in MgNO(resolution=64).parameters()) == 572_661
+    assert MgNO(resolution=64).config()["resolution"] == [64, 64]
+
+
+def _smooth(n: int) -> torch.Tensor:
+    """A smooth field sampled at the cell centres of an n x n grid on the unit square."""
+    c = (torch.arange(n, dtype=torch.float64) + 0.5) / n
+    x, y = torch.meshgrid(c, c, indexing="ij")
+    return (torch.sin(torch.pi * x) * torch.cos(2 * torch.pi * y) + x * y ** 2)[None, None]
+
+
+def test_mgconv_converges_as_the_grid_is_refined():
+    # one random V-cycle (learned finest level 8x8, coarsest 2x2) applied to a smooth function sampled at h, h/2,
+    # h/4, h/8: the outputs' cell averages on the 8x8 grid (torch's avg_pool2d) converge to one limit, the
+    # differences shrinking >= 3x per refinement (measured 0.26, 0.066, 0.020); the authors' grid-tied cycle with
+    # the same weights changes its function with the grid (0.55, 0.32, 0.18: every level's receptive field halves)
+    torch.manual_seed(0)
+    mg = MgConv(1, 2, [[1, 0], [1, 1], [2, 0]], dim=2, resolution=8).double()
+    tied = MgConv(1, 2, [[1, 0], [1, 1], [2, 0]], dim=2).double()
+    tied.load_state_dict(mg.state_dict())
+    for model, consistent in ((mg, True), (tied, False)):
+        with torch.no_grad():
+            avg = [F.avg_pool2d(model(_smooth(n)), n // 8) for n in (8, 16, 32, 64)]
+        diff = [float((avg[i + 1] - avg[i]).norm() / avg[-1].norm()) for i in range(3)]
+        if consistent:
+            assert diff[1] < diff[0] / 3 and diff[2] < diff[1] / 3 and diff[2] < 0.03, diff
+        else:
+            assert diff[2] > 0.1 and diff[2] > diff[1] / 2.5, diff
+
+
+def test_mgconv_at_its_own_grid_is_the_authors_cycle():
+    torch.manual_seed(4)
+    mg = MgConv(2, 3, [[1, 0], [2, 1], [1, 0]], dim=2, resolution=16).double()
+    tied = MgConv(2, 3, [[1, 0], [2, 1], [1, 0]], dim=2).double()
+    tied.load_state_dict(mg.state_dict())
+    f = torch.randn(2, 2, 16, 16, dtype=torch.float64)
+    torch.testing.assert_close(mg(f), tied(f), rtol=0, atol=0)
+    # on twice the grid: the cycle of the cell averages, interpolated back (cell-centred, zero outside)
+    f2 = torch.randn(1, 2, 32, 32, dtype=torch.float64)
+    coarse = tied(F.avg_pool2d(f2, 2))
+    up = coarse.repeat_interleave(2, 2).repeat_interleave(2, 3)
+    k1 = torch.tensor([0.25, 0.5, 0.25], dtype=torch.float64)
+    k = torch.outer(k1, k1).expand(3, 1, 3, 3)
+    torch.testing.assert_close(mg(f2), F.conv2d(up, k, padding=1, groups=3))
+
+
+def test_multigrid_initial_transfers():
+    # transfer_init="multigrid": restriction = random + the 2x2 cell average of each channel, prolongation =
+    # random + cell-centred bilinear interpolation; "random" is torch's default (the authors')
+    torch.manual_seed(5)
+    a = MgConv(2, 2, [[1, 0], [1, 0]], dim=1, transfer_init="random")
+    torch.manual_seed(5)
+    b = MgConv(2, 2, [[1, 0], [1, 0]], dim=1)
+    torch.testing.assert_close(b.restrict_u[0].weight - a.restrict_u[0].weight,
+                               torch.eye(2)[:, :, None] * torch.tensor([0.0, 0.5, 0.5]))
+    torch.testing.assert_close(b.prolong[0].weight - a.prolong[0].weight,
+                               torch.eye(2)[:, :, None] * torch.tensor([0.25, 0.75, 0.75, 0.25]))
 
 
 @pytest.mark.parametrize("dim", [1, 2, 3])
@@ -74,8 +134,25 @@ def test_padding_mode_is_the_boundary_condition():
 
 def test_bad_inputs():
     model = MgNO(in_channels=2, channels=4, num_layers=1, iterations=[[1, 0]] * 3)
-    with pytest.raises(ValueError, match=r"divisible by 2\*\*\(levels-1\) = 4, but got \(16, 18\)"):
+    with pytest.raises(ValueError, match=r"divisible by 2\*\*\(levels-1\) = 4, but got \(16, 18\); the nearest "
+                                         r"valid sizes to 18 are 16 and 20"):
         model(torch.zeros(1, 2, 16, 18))
+    authors = MgNO(channels=2, num_layers=1)
+    with pytest.raises(ValueError, match="the nearest valid sizes to 100 are 96 and 128"):
+        authors(torch.zeros(1, 1, 100, 100))
+    consistent = MgNO(channels=2, num_layers=1, resolution=64)  # 6 levels: coarsest 2, sizes 2, 4, ..., 64, 128, ...
+    with pytest.raises(ValueError, match="size 100 is not its learned finest grid 64 times a power of two; the "
+                                         "nearest valid sizes are 64 and 128"):
+        consistent(torch.zeros(1, 1, 100, 100))
+    with pytest.raises(ValueError, match=r"size 1 is coarser than its coarsest level \(2\); the nearest valid sizes "
+                                         r"are 2 \(grid \(1, 1\)\)"):
+        consistent(torch.zeros(1, 1, 1, 1))
+    with pytest.raises(ValueError, match="refined by the same factor"):
+        consistent(torch.zeros(1, 1, 64, 128))
+    for n in (2, 32, 64, 256):
+        assert consistent(torch.zeros(1, 1, n, n)).shape == (1, 1, n, n)
+    with pytest.raises(ValueError, match=r"multiple of 2\*\*\(levels-1\) = 32"):
+        MgNO(resolution=48)
     with pytest.raises(ValueError, match="takes 2 input channels, but got 3"):
         model(torch.zeros(1, 3, 16, 16))
     with pytest.raises(ValueError, match="this MgNO is 2D"):
@@ -88,3 +165,5 @@ def test_bad_inputs():
         MgNO(iterations=[[0, 1], [1, 0]])
     with pytest.raises(ValueError, match="list of \\[pre, post\\]"):
         MgNO(iterations=[3, 1])
+    with pytest.raises(ValueError, match="transfer_init must be one of"):
+        MgNO(transfer_init="xavier")
