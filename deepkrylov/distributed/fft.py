@@ -14,11 +14,11 @@ to the physical grid. No rank ever holds the whole grid (except for a 1D grid sp
 Every step is differentiable: the local FFTs through ``torch.fft`` and each repartition through an autograd
 function whose backward is the reverse repartition (its adjoint), so gradients equal the serial ones.
 
-Memory per rank: a repartition holds its input block, one packed copy of the outgoing parts (together the size of
-the input block) and its output block, so the peak is about three blocks of the largest intermediate layout
-(complex after the first stage; an ``rfftn`` block of ``b*c*n^3/P`` reals peaks near ``3 * b*c*n^3/P`` complex
-half-spectra, i.e. about three times the input's bytes), plus what autograd saves (nothing for the FFTs and
-repartitions, which are linear).
+Memory per rank: a repartition holds its input block, one packed send buffer and one receive buffer (each the
+size of a block) and its output block: four blocks of the largest intermediate layout at its peak. After the first
+stage of ``rfftn`` a block is a complex half spectrum, about the input block's bytes (``b*c*n^d/P`` float64 in,
+``b*c*n^(d-1)*(n/2+1)/P`` complex128 out), so the peak is about four times the input's bytes. Autograd saves
+nothing for the FFTs and repartitions (they are linear).
 
 A 1D grid split over ranks has no second axis to move its ranks to: its line is gathered on every rank (memory ``n``
 per rank, fine for 1D fields) and each rank keeps its block of the spectrum.
@@ -36,11 +36,11 @@ Example (``mpiexec -n 4 python example.py``)::
 
 from __future__ import annotations
 
+import math
 from typing import Literal, Optional, Sequence
 
 import torch
 
-from .comm import Comm
 from .grid import ProcessGrid, default_split
 from .tensor import GridTensor
 
@@ -105,41 +105,29 @@ def _cached_messages(src: ProcessGrid, dst: ProcessGrid, offset: tuple) -> tuple
     return m
 
 
-def _alltoall(comm: Comm, sends: list, recvs: list) -> None:
-    """Send ``sends[q]`` to rank ``q`` and receive ``recvs[q]`` from it (``None``: nothing), every rank at once.
-
-    Pairwise exchange over the Comm's ``sendrecv``: in step ``s`` rank ``r`` sends to ``r + s`` and receives from
-    ``r - s``, so every message has its partner in the same step; empty pairs are skipped on both sides (both sides
-    compute the same intersections).
-    """
-    sends = [torch.view_as_real(t) if t is not None and t.is_complex() else t for t in sends]
-    recvs = [torch.view_as_real(t) if t is not None and t.is_complex() else t for t in recvs]
-    r, p = comm.rank, comm.size
-    if recvs[r] is not None:
-        recvs[r].copy_(sends[r])
-    for step in range(1, p):
-        dest, source = (r + step) % p, (r - step) % p
-        s, v = sends[dest], recvs[source]
-        if s is None and v is None:
-            continue
-        comm.sendrecv(s, dest if s is not None else None, v, source if v is not None else None)
-
-
 def _repartition(x: torch.Tensor, src: ProcessGrid, dst: ProcessGrid, offset: tuple) -> torch.Tensor:
+    """The all-to-all: every part of this rank's block goes, packed into one buffer in rank order, to the rank whose
+    ``dst`` block holds it (``Comm.alltoall``, i.e. ``MPI_Alltoallv`` or ``all_to_all_single``); what arrives is
+    unpacked into the ``dst`` block (zeros where nothing arrives)."""
     send_idx, recv_idx = _cached_messages(src, dst, offset)
-    out = x.new_zeros(tuple(x.shape[:2]) + dst.local_shape)
-    sends = [None if i is None else x[i].contiguous() for i in send_idx]
-    recvs = []
-    for i in recv_idx:
-        if i is None:
-            recvs.append(None)
-            continue
-        region = out[i]
-        recvs.append(region if region.is_contiguous() else torch.empty(region.shape, dtype=x.dtype, device=x.device))
-    _alltoall(src.comm, sends, recvs)
-    for i, buf in zip(recv_idx, recvs):
-        if buf is not None and buf.data_ptr() != out[i].data_ptr():
-            out[i] = buf
+    lead = tuple(x.shape[:2])
+    out = x.new_zeros(lead + dst.local_shape)
+    send_shapes = [None if i is None else lead + tuple(s.stop - s.start for s in i[2:]) for i in send_idx]
+    recv_shapes = [None if i is None else lead + tuple(s.stop - s.start for s in i[2:]) for i in recv_idx]
+    sc = [0 if sh is None else math.prod(sh) for sh in send_shapes]
+    rc = [0 if sh is None else math.prod(sh) for sh in recv_shapes]
+    sbuf = x.new_empty(sum(sc))
+    pos = 0
+    for i, sh, n in zip(send_idx, send_shapes, sc):
+        if n:
+            sbuf[pos:pos + n].view(sh).copy_(x[i])
+        pos += n
+    rbuf = src.comm.alltoall(sbuf, sc, rc)
+    pos = 0
+    for i, sh, n in zip(recv_idx, recv_shapes, rc):
+        if n:
+            out[i] = rbuf[pos:pos + n].view(sh)
+        pos += n
     return out
 
 
