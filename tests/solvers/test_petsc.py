@@ -333,3 +333,35 @@ def test_plugin_grid_sources(mpi_ctx):
         opts.delValue("dkgrid_deepkrylov_grid")
         ksp.destroy()
         vec.destroy()
+
+
+@pytest.mark.parametrize("shape,bc,obstacle", [((6, 7, 9), "dirichlet", True), ((7, 5, 6), "periodic", False),
+                                               ((9, 11), "neumann", True), ((5, 2, 4), "periodic", False)])
+def test_mat_from_local_rows_equals_whole_csr(mpi_ctx, shape, bc, obstacle):
+    """A DiffusionOperator built on the blocks (``partition=``) is assembled from this rank's stencil rows only; the
+    Mat equals the one from the whole CSR (deepkrylov's and the independent SciPy one), entry for entry."""
+    from deepkrylov.mesh import FLUID, SOLID, BoundaryConditions, StructuredGrid
+    from deepkrylov.mesh import laplacian as mesh_laplacian
+
+    fluid = sphere_mask(shape) if obstacle else np.ones(shape, bool)
+    grid = ProcessGrid(mpi_ctx, shape)
+    mask = torch.where(torch.from_numpy(fluid), FLUID, SOLID).to(torch.uint8)
+    bcs = BoundaryConditions.uniform(len(shape), bc)
+    local_op = mesh_laplacian(StructuredGrid(shape), bcs, mask, scaled=False, partition=grid)
+    whole_op = mesh_laplacian(StructuredGrid(shape), bcs, mask, scaled=False)
+    mats = [P.assemble_aij(local_op, grid), P.assemble_aij(whole_op, grid), P.assemble_aij(whole_op.to_scipy(), grid)]
+    if min(shape) > 2 or bc != "periodic":  # the independent CSR has no wrap link on a periodic axis of 2
+        mats.append(P.assemble_aij(laplacian(shape, bc, fluid if obstacle else None), grid))
+    ai, aj, av = mats[0].getValuesCSR()
+    assert ai[-1] <= (1 + 2 * len(shape)) * grid.local_shape[0] * int(np.prod(grid.local_shape[1:]))  # its rows only
+    for m in mats[1:]:
+        bi, bj, bv = m.getValuesCSR()
+        np.testing.assert_array_equal(ai, bi)
+        np.testing.assert_array_equal(aj, bj)
+        np.testing.assert_array_equal(av, bv)
+        assert mats[0].equal(m)
+    # the index arithmetic behind it is PETSc's DMDA ordering (natural_to_petsc is checked against PETSc's AO above)
+    coords = list(np.indices(shape).reshape(len(shape), -1))
+    np.testing.assert_array_equal(P.layout._petsc_index(grid, coords), P.natural_to_petsc(grid))
+    for m in mats:
+        m.destroy()

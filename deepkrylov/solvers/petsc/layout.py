@@ -173,6 +173,29 @@ def natural_to_petsc(grid: ProcessGrid) -> np.ndarray:
 
 
 def _local_natural_rows(grid: ProcessGrid) -> np.ndarray:
-    nat = np.arange(int(np.prod(grid.global_shape)), dtype=np.int64).reshape(grid.global_shape)
-    return nat[grid.local_slices].reshape(-1)
+    """Natural (x-fastest) indices of this rank's cells, in the block's order."""
+    axes = [np.arange(s.start, s.stop, dtype=np.int64) for s in grid.local_slices]
+    return np.ravel_multi_index(np.meshgrid(*axes, indexing="ij"), grid.global_shape).reshape(-1)
 
+
+def _petsc_index(grid: ProcessGrid, coords: list) -> np.ndarray:
+    """PETSc (DMDA) global indices of the cells at ``coords`` (one integer array per axis, tensor order, that
+    broadcast together; wrapped modulo the grid's sizes), by arithmetic on the grid's splits: memory of the result
+    only, where :func:`natural_to_petsc` builds the whole map. PETSc numbers the ranks' blocks in rank order (the
+    process grid's last axis fastest, like the DMDA's x-fastest process order) and each block x-fastest."""
+    dims = grid.dims
+    counts = np.ones(dims, dtype=np.int64)
+    for a in range(grid.ndim):
+        counts = counts * np.asarray(grid.splits[a], dtype=np.int64).reshape([-1 if b == a else 1 for b in range(grid.ndim)])
+    start = np.concatenate([[0], np.cumsum(counts.reshape(-1))[:-1]])
+    rank, offset = None, None
+    for a, c in enumerate(coords):
+        n = grid.global_shape[a]
+        c = np.mod(np.asarray(c, dtype=np.int64), n)
+        bounds = np.asarray(grid.offsets[a], dtype=np.int64)
+        owner = np.searchsorted(bounds, c, side="right") - 1
+        local = c - bounds[owner]
+        size = np.asarray(grid.splits[a], dtype=np.int64)[owner]
+        rank = owner if rank is None else rank * dims[a] + owner
+        offset = local if offset is None else offset * size + local
+    return start[rank] + offset

@@ -12,36 +12,85 @@ from deepkrylov.distributed import GridTensor, ProcessGrid
 
 from ..matrix import LinearOperator
 from ._core import _sizes, _track_petsc_object, import_petsc, petsc_comm
-from .layout import _grid_for_vec, _local_natural_rows, natural_to_petsc
+from .layout import _grid_for_vec, _local_natural_rows, _petsc_index
 from .vec import _as_local, _through_petsc, from_petsc_vec, to_petsc_vec
 
 
 def assemble_aij(A: Any, grid: ProcessGrid) -> Any:
-    """Assemble a matrix in natural ordering (SciPy sparse, or an operator with ``to_scipy()``) into a PETSc AIJ
-    ``Mat`` in DMDA ordering on ``grid``'s ranks; each rank inserts only its own rows."""
-    PETSc = import_petsc()
+    """Assemble a matrix into a PETSc AIJ ``Mat`` in DMDA ordering on ``grid``'s ranks; each rank inserts only its
+    own rows.
+
+    ``A``: an operator with ``local_stencil()`` (a :class:`~deepkrylov.mesh.DiffusionOperator`, built on ``grid``'s
+    blocks with ``partition=`` or whole), assembled from this rank's rows of its stencil, so that no rank holds
+    more than its own rows (:func:`_stencil_csr`); or a SciPy sparse matrix in natural (x-fastest) ordering, or
+    another operator with ``to_scipy()``, whose whole CSR every rank then holds and takes its rows from."""
     import scipy.sparse as sp
 
+    nloc, n = _sizes(grid)
+    if not sp.issparse(A) and hasattr(A, "local_stencil"):
+        return _create_aij(grid, *_stencil_csr(A, grid))
     if not sp.issparse(A):
         to_scipy = getattr(A, "to_scipy", None)
         if to_scipy is None:
             raise TypeError(f"assemble_aij needs a scipy.sparse matrix or an operator with to_scipy(), got {type(A).__name__}")
         A = to_scipy()
     A = sp.csr_matrix(A)
-    nloc, n = _sizes(grid)
     if A.shape != (n, n):
         raise ValueError(f"matrix shape {A.shape} does not match the grid's {n} unknowns ({grid.global_shape})")
-    perm = natural_to_petsc(grid)
     rows = A[_local_natural_rows(grid)]
-    local = sp.csr_matrix((rows.data.astype(np.float64), perm[rows.indices], rows.indptr), shape=(nloc, n))
+    cols = _petsc_index(grid, list(np.unravel_index(rows.indices, grid.global_shape)))
+    local = sp.csr_matrix((rows.data.astype(np.float64), cols, rows.indptr), shape=(nloc, n))
     local.sort_indices()
-    mat = PETSc.Mat().createAIJ(
-        size=((nloc, n), (nloc, n)),
-        csr=(local.indptr.astype(PETSc.IntType), local.indices.astype(PETSc.IntType), local.data),
-        comm=petsc_comm(grid),
-    )
+    return _create_aij(grid, local.indptr, local.indices, local.data)
+
+
+def _create_aij(grid: ProcessGrid, indptr: np.ndarray, indices: np.ndarray, data: np.ndarray) -> Any:
+    """The AIJ ``Mat`` on ``grid``'s ranks from this rank's rows (CSR, PETSc column indices, sorted per row)."""
+    PETSc = import_petsc()
+    nloc, n = _sizes(grid)
+    mat = PETSc.Mat().createAIJ(size=((nloc, n), (nloc, n)), csr=(
+        np.asarray(indptr, dtype=PETSc.IntType), np.asarray(indices, dtype=PETSc.IntType),
+        np.asarray(data, dtype=np.float64)), comm=petsc_comm(grid))
     mat.assemble()
     return mat
+
+
+def _stencil_csr(op: Any, grid: ProcessGrid) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """This rank's rows of a stencil operator as CSR in PETSc ordering, from ``op.local_stencil(grid)``: the block's
+    diagonal and per-axis face weights (row ``i``: ``diag[i] u_i - lower_a[i] u_{i-e_a} - upper_a[i] u_{i+e_a}``).
+    The neighbours' PETSc indices come from index arithmetic on the block's coordinates (:func:`_petsc_index`);
+    zero weights are left out, as in ``to_scipy``. Memory: a few arrays of the block's size."""
+    import scipy.sparse as sp
+
+    PETSc = import_petsc()
+    diag, weights = op.local_stencil(grid)
+    nloc = int(diag.numel())
+    if tuple(diag.shape) != tuple(grid.local_shape):
+        raise ValueError(f"the operator's block {tuple(diag.shape)} is not the grid's {tuple(grid.local_shape)}")
+    nd = grid.ndim
+    axes = [np.arange(s.start, s.stop, dtype=np.int64).reshape([-1 if b == a else 1 for b in range(nd)])
+            for a, s in enumerate(grid.local_slices)]
+    width = 1 + 2 * nd
+    cols = np.empty((nloc, width), dtype=PETSc.IntType)
+    vals = np.empty((nloc, width), dtype=np.float64)
+    cols[:, 0] = np.broadcast_to(_petsc_index(grid, axes), grid.local_shape).reshape(-1)
+    vals[:, 0] = diag.numpy().reshape(-1)
+    k = 1
+    for a, pair in enumerate(weights):
+        for w, step in zip(pair, (-1, 1)):
+            shifted = list(axes)
+            shifted[a] = axes[a] + step
+            cols[:, k] = np.broadcast_to(_petsc_index(grid, shifted), grid.local_shape).reshape(-1)
+            np.negative(w.numpy().reshape(-1), out=vals[:, k])
+            k += 1
+    keep = vals != 0
+    keep[:, 0] = True
+    indptr = np.zeros(nloc + 1, dtype=PETSc.IntType)
+    np.cumsum(keep.sum(axis=1), out=indptr[1:])
+    local = sp.csr_matrix((vals[keep], cols[keep], indptr), shape=(nloc, int(np.prod(grid.global_shape))))
+    del cols, vals, keep
+    local.sum_duplicates()  # sorts each row (a neighbour on another rank may come first); a periodic axis of 2
+    return local.indptr, local.indices, local.data
 
 
 def set_constant_null_space(mat: Any) -> Any:
