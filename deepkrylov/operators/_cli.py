@@ -148,6 +148,7 @@ def _cmd_datagen(args: argparse.Namespace) -> int:
 
     if args.problem not in GENERATORS:
         raise SystemExit(f"deepkrylov datagen: problem must be one of {sorted(GENERATORS)}, got {args.problem!r}")
+    _check_datagen(args)
     kw: dict[str, Any] = {"seed": args.seed, "path": args.out}
     if args.problem == "antiderivative":
         kw["aligned"] = not args.pointwise
@@ -158,14 +159,91 @@ def _cmd_datagen(args: argparse.Namespace) -> int:
     from .data._common import rank_size
 
     comm, rank, size = rank_size()
-    if args.problem == "navier_stokes":  # not rank-split: rank 0 generates and writes
-        if rank == 0:
-            GENERATORS[args.problem](args.samples, **kw)
-    else:  # the ranks split the samples (antiderivative: computed whole), rank 0 writes
-        GENERATORS[args.problem](args.samples, comm=comm, **kw)
+    try:
+        if args.problem == "navier_stokes":  # not rank-split: rank 0 generates and writes
+            if rank == 0:
+                GENERATORS[args.problem](args.samples, **kw)
+        else:  # the ranks split the samples (antiderivative: computed whole), rank 0 writes
+            GENERATORS[args.problem](args.samples, comm=comm, **kw)
+    except (ValueError, OSError) as err:  # a parameter the generator refuses, or the file cannot be written
+        raise SystemExit(f"deepkrylov datagen {args.problem}: {err}")
     if rank == 0:
         print(f"wrote {args.out}")
     return 0
+
+
+def _writable(path: str) -> Optional[str]:
+    """Why ``path`` cannot be written as a new file, or None (checked before hours of generation, not after)."""
+    if os.path.isdir(path):
+        return f"--out {path!r} is a directory"
+    parent = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent) or not os.access(parent, os.W_OK):
+        return f"cannot write --out {path!r} ({parent!r} is not a writable directory)"
+    return None
+
+
+def _check_datagen(args: argparse.Namespace) -> None:
+    """One clear line for every bad datagen option, before any work."""
+    bad = []
+    if args.samples < 1:
+        bad.append(f"--samples must be a positive number of samples, got {args.samples}")
+    if args.n is not None and args.n < 2:
+        bad.append(f"--n must be at least 2 points per axis, got {args.n}")
+    if args.viscosity is not None:
+        if args.problem not in ("burgers", "navier_stokes"):
+            bad.append(f"--viscosity applies to burgers and navier_stokes only, not {args.problem}")
+        elif not args.viscosity > 0:
+            bad.append(f"--viscosity must be positive, got {args.viscosity}")
+    if args.pointwise and args.problem != "antiderivative":
+        bad.append(f"--pointwise applies to antiderivative only, not {args.problem}")
+    why = _writable(args.out)
+    if why:
+        bad.append(why)
+    if bad:
+        raise SystemExit(f"deepkrylov datagen {args.problem}: " + "; ".join(bad))
+
+
+def _check_train(args: argparse.Namespace) -> None:
+    """One clear line for every bad training option, before any data is read."""
+    bad = []
+    for opt, ok, what in (("epochs", args.epochs >= 1, ">= 1"), ("batch_size", args.batch_size >= 1, ">= 1"),
+                          ("lr", args.lr > 0, "> 0"), ("weight_decay", args.weight_decay >= 0, ">= 0"),
+                          ("step_size", args.step_size >= 1, ">= 1"), ("gamma", args.gamma > 0, "> 0"),
+                          ("ntrain", args.ntrain is None or args.ntrain >= 1, ">= 1")):
+        if not ok:
+            bad.append(f"{_flag(opt)} must be {what}, got {getattr(args, opt)}")
+    for opt in ("width", "layers", "modes", "levels", "pod"):
+        v = getattr(args, opt, None)
+        if isinstance(v, int) and v < (0 if opt == "pod" else 1):
+            bad.append(f"{_flag(opt)} must be {'>= 0' if opt == 'pod' else '>= 1'}, got {v}")
+    for opt in ("branch", "trunk"):
+        v = getattr(args, opt, None)
+        if v is not None and (not v or min(v) < 1):
+            bad.append(f"{_flag(opt)} must be positive layer widths like 40,40, got {v}")
+    res = getattr(args, "resolutions", None)
+    if res is not None and (not res or min(res) < 1):
+        bad.append(f"--resolutions must be positive grid sizes like 32,64, got {res}")
+    elif res and args.model == "mgno" and any(r % 2 ** (args.levels - 1) for r in res):
+        bad.append(f"--resolutions {res}: every size must be a multiple of 2^(levels-1) = {2 ** (args.levels - 1)} "
+                   f"for MgNO with --levels {args.levels}")
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        bad.append(f"--out {args.out!r} is a file, not a directory")
+    if bad:
+        raise SystemExit(f"deepkrylov train {args.model}: " + "; ".join(bad))
+
+
+def _build(args: argparse.Namespace, spec: dict[str, Any]) -> torch.nn.Module:
+    """``build_model`` with a model's refusal of the data (e.g. MgNO's grid divisibility) as one clear line."""
+    try:
+        return build_model(spec)
+    except ValueError as err:
+        hint = ""
+        if spec["model"] == "mgno":
+            deepest = 1 + min((n & -n).bit_length() - 1 for n in spec["resolution"])
+            hint = f"; with this data use --levels {deepest} or fewer"
+        raise SystemExit(f"deepkrylov train {args.model}: {err}{hint}")
 
 
 def _grid_layout(path: str) -> tuple[list[Any], int, tuple[int, ...]]:
@@ -187,6 +265,14 @@ def _grid_layout(path: str) -> tuple[list[Any], int, tuple[int, ...]]:
                 return [inp, target], int(x[0]), tuple(int(n) for n in x[1:])
         keys = sorted(f.keys())
     raise KeyError(f"{path!r} has fields {keys}; expected one of the pairs {[(i, t) for i, t, _ in _LAYOUTS]}")
+
+
+def _statistics(model: str, stats: tuple[float, float, float, float]) -> tuple[float, float, float, float]:
+    """The normalisation of ``model`` from the centred training statistics: MgNO (zero-padded V-cycles, Dirichlet
+    data) only scales, so that zero stays zero (``Normalized.uncentered``); the other models centre."""
+    from .normalization import Normalized
+
+    return Normalized.uncentered(*stats) if model == "mgno" else tuple(stats)  # type: ignore[return-value]
 
 
 def _block_statistics(ds: Any, comm: Any, chunk: int = 64) -> tuple[float, float, float, float]:
@@ -286,7 +372,11 @@ def _resume_options(args: argparse.Namespace, is_root: bool) -> None:
         return
     from .trainer import checkpoint_config
 
-    stored = dict(checkpoint_config(last))
+    try:
+        stored = dict(checkpoint_config(last))
+    except Exception as err:  # a truncated or foreign last.pt
+        raise SystemExit(f"deepkrylov train {args.model} --resume: cannot read {last!r} ({type(err).__name__}: "
+                         f"{str(err).splitlines()[0] if str(err) else ''}); train into a new --out or remove it")
     spec_path = os.path.join(args.out, "model.json")
     if os.path.exists(spec_path):
         with open(spec_path) as f:
@@ -321,6 +411,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     domain = getattr(args, "domain_parallel", False)
     ctx = _context(data_parallel=not domain)
     _resume_options(args, ctx.is_root)
+    _check_train(args)
     if domain and args.resolutions:
         raise SystemExit(f"deepkrylov train {args.model}: --resolutions and --domain-parallel cannot be combined "
                          f"(the domain grid fixes one resolution)")
@@ -337,7 +428,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         ntrain = int(0.8 * x.shape[0]) if args.ntrain is None else args.ntrain
         xs, ys = x[ntrain:], y[ntrain:]
     if not 1 <= ntrain <= x.shape[0] or len(xs) == 0:
-        raise SystemExit(f"need 1 <= ntrain <= {x.shape[0]} and a non-empty test set, got ntrain={ntrain}")
+        raise SystemExit(f"deepkrylov train {args.model}: need 1 <= --ntrain <= {x.shape[0]} (the samples in "
+                         f"{args.data!r}) and a non-empty test set, got --ntrain {ntrain}")
     x, y = x[:ntrain], y[:ntrain]
     spec: dict[str, Any] = {"model": args.model, "ntrain": ntrain}
     torch.manual_seed(args.seed)  # the initial weights depend on the seed only (torch's own seed is random)
@@ -364,8 +456,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
             spec["levels"] = args.levels
         spec.update(width=args.width, layers=args.layers, modes=args.modes, dim=x.ndim - 1,
                     resolution=list(x.shape[1:]),
-                    normalization=list(Normalized.statistics(*train.tensors)))
-        model = build_model(spec)
+                    normalization=list(_statistics(args.model, Normalized.statistics(*train.tensors))))
+        model = _build(args, spec)
         fwd = None  # type: ignore[assignment]
     cfg = _train_config(args, x.ndim - 1)
     if ctx.is_root:
@@ -421,7 +513,8 @@ def _train_domain_parallel(args: argparse.Namespace, ctx: Any) -> int:
     ntrain = (n if args.test else int(0.8 * n)) if args.ntrain is None else args.ntrain
     test_ids = range(n_test) if args.test else range(ntrain, n)
     if not 1 <= ntrain <= n or len(test_ids) == 0:
-        raise SystemExit(f"need 1 <= ntrain <= {n} and a non-empty test set, got ntrain={ntrain}")
+        raise SystemExit(f"deepkrylov train {args.model}: need 1 <= --ntrain <= {n} (the samples in {args.data!r}) "
+                         f"and a non-empty test set, got --ntrain {ntrain}")
     try:
         grid = ProcessGrid(ctx, shape)
     except ValueError as err:
@@ -430,26 +523,63 @@ def _train_domain_parallel(args: argparse.Namespace, ctx: Any) -> int:
     test = HDF5Fields(args.test or args.data, test_fields, grid, samples=test_ids)
     spec: dict[str, Any] = {"model": args.model, "ntrain": ntrain, "levels": args.levels, "width": args.width,
                             "layers": args.layers, "modes": args.modes, "dim": len(shape), "resolution": list(shape),
-                            "normalization": list(_block_statistics(train, ctx.comm))}
+                            "normalization": list(_statistics(args.model, _block_statistics(train, ctx.comm)))}
     torch.manual_seed(args.seed)  # the initial weights depend on the seed only, as in the serial run
-    model = build_model(spec)
+    model = _build(args, spec)
     return _run(args, ctx, spec, model, _train_config(args, len(shape)), train, test, grid=grid)
+
+
+def _load_run(args: argparse.Namespace) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """The model of the run ``args.run`` with the weights of ``args.checkpoint``, or one clear error line."""
+    if not os.path.isdir(args.run):
+        raise SystemExit(f"deepkrylov eval: run directory {args.run!r} does not exist (give the --out of a "
+                         f"deepkrylov train run)")
+    spec_path, ckpt = os.path.join(args.run, "model.json"), os.path.join(args.run, args.checkpoint)
+    if not os.path.exists(spec_path):
+        raise SystemExit(f"deepkrylov eval: {args.run!r} has no model.json; is it the --out of a deepkrylov train run?")
+    if not os.path.exists(ckpt):
+        have = sorted(f for f in os.listdir(args.run) if f.endswith(".pt"))
+        raise SystemExit(f"deepkrylov eval: checkpoint {ckpt!r} does not exist (the run has {have or 'none'})")
+    try:
+        with open(spec_path) as f:
+            spec = json.load(f)
+        model = build_model(spec)
+    except (ValueError, KeyError, TypeError) as err:  # JSONDecodeError is a ValueError
+        raise SystemExit(f"deepkrylov eval: {spec_path!r} is not a model description this version reads ({err!r})")
+    try:
+        st = torch.load(ckpt, map_location="cpu", weights_only=False)
+        model.load_state_dict(st["model"])
+    except Exception as err:  # unpickling, a foreign file, or weights of another model: all say the same to a user
+        raise SystemExit(f"deepkrylov eval: cannot load the weights of {ckpt!r} into the run's "
+                         f"{spec.get('model')} ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})")
+    model.eval()
+    return model, spec
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
     from .losses import LpLoss
 
-    with open(os.path.join(args.run, "model.json")) as f:
-        spec = json.load(f)
-    model = build_model(spec)
-    st = torch.load(os.path.join(args.run, args.checkpoint), map_location="cpu", weights_only=False)
-    model.load_state_dict(st["model"])
-    model.eval()
-    x, y, c = load_arrays(args.data)
+    if args.png and args.samples < 1:
+        raise SystemExit(f"deepkrylov eval: --samples must be >= 1 for --png, got {args.samples}")
+    model, spec = _load_run(args)
+    try:
+        x, y, c = load_arrays(args.data)
+    except (KeyError, ValueError, FileNotFoundError) as err:
+        raise SystemExit(f"deepkrylov eval: {err}")
+    grid_model = spec["model"] != "deeponet"
+    if grid_model and x.ndim - 1 != spec.get("dim", x.ndim - 1):
+        raise SystemExit(f"deepkrylov eval: {args.data!r} holds {x.ndim - 1}D fields {x.shape[1:]}, but the run "
+                         f"trained a {spec['model']} on {spec['dim']}D grids {tuple(spec.get('resolution', ()))}")
+    if not grid_model and (x.ndim != 2 or x.shape[1] != spec["m"]):
+        raise SystemExit(f"deepkrylov eval: {args.data!r} has inputs {x.shape[1:]}, but the run's DeepONet takes "
+                         f"{spec['m']} sensor values")
     ds, coords = _datasets(spec["model"], x, y, c)
     xin, yt = ds.tensors
-    with torch.no_grad():
-        pred = model(xin, coords) if spec["model"] == "deeponet" else model(xin)
+    try:
+        with torch.no_grad():
+            pred = model(xin, coords) if spec["model"] == "deeponet" else model(xin)
+    except ValueError as err:  # the model refuses this grid (e.g. MgNO's divisibility by 2^(levels-1))
+        raise SystemExit(f"deepkrylov eval: {args.data!r}: {err}")
     rel = float(LpLoss(2)(pred, yt))
     mse = float(((pred - yt) ** 2).mean())
     print(json.dumps({"rel_l2": rel, "mse": mse, "samples": int(yt.shape[0])}))

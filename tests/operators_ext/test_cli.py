@@ -71,3 +71,68 @@ def test_domain_parallel_mgno_under_mpiexec_matches_serial(darcy) -> None:
     for a, b in zip(dp, serial):
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4)
         assert a["test/rel_l2"] == pytest.approx(b["test/rel_l2"], rel=1e-4)
+
+
+# -- bad input: one clear line on stderr, a non-zero exit, no traceback -------------------------------------------
+
+def test_not_hdf5_data_is_one_line_without_traceback(darcy) -> None:
+    (darcy / "notes.txt").write_text("not an HDF5 file\n")
+    r = _cli("train", "mgno", "--data", "notes.txt", "--epochs", "1", cwd=darcy)
+    assert r.returncode != 0 and "Traceback" not in r.stderr
+    assert r.stderr.strip().splitlines() == ["deepkrylov train mgno: 'notes.txt' is not a readable HDF5 file "
+                                             "(Unable to synchronously open file (file signature not found))"]
+
+
+def _fails(argv: list, *expected: str) -> str:
+    """``deepkrylov ARGV`` in this process ends with SystemExit carrying one line that holds every ``expected``
+    (Python prints such a message alone on stderr and exits with status 1)."""
+    from deepkrylov.cli import main
+
+    with pytest.raises(SystemExit) as err:
+        main([str(a) for a in argv])
+    msg = err.value.code
+    assert isinstance(msg, str) and "\n" not in msg, msg
+    for part in expected:
+        assert part in msg, (part, msg)
+    return msg
+
+
+def test_bad_input_is_named(darcy, tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(darcy)
+    (darcy / "notes.txt").write_text("not an HDF5 file\n")
+    _fails(["datagen", "darcy", "--samples", -3, "--out", tmp_path / "x.h5"], "--samples must be a positive", "-3")
+    _fails(["datagen", "burgers", "--samples", 2, "--viscosity", 0, "--out", tmp_path / "x.h5"],
+           "--viscosity must be positive")
+    _fails(["datagen", "darcy", "--samples", 2, "--viscosity", 0.1, "--out", tmp_path / "x.h5"],
+           "--viscosity applies to burgers and navier_stokes only")
+    _fails(["datagen", "darcy", "--samples", 2, "--out", "notes.txt/x.h5"], "cannot write --out 'notes.txt/x.h5'")
+    _fails(["eval", "--run", tmp_path / "missing", "--data", "train.h5"], "run directory", "does not exist")
+    _fails(["eval", "--run", tmp_path, "--data", "train.h5"], "has no model.json")
+    _fails(["train", "fno", "--data", "missing.h5"], "data file 'missing.h5' does not exist")
+    _fails(["train", "fno", "--data", "train.h5", "--epochs", 0, "--batch-size", 0, "--lr", -1],
+           "--epochs must be >= 1, got 0", "--batch-size must be >= 1, got 0", "--lr must be > 0, got -1.0")
+    _fails(["train", "fno", "--data", "train.h5", "--ntrain", 30], "need 1 <= --ntrain <= 24")
+    _fails(["train", "mgno", "--data", "train.h5", "--levels", 7, "--out", tmp_path / "m"],
+           "multiple of 2**(levels-1) = 64", "use --levels 6 or fewer")
+    _fails(["train", "mgno", "--data", "train.h5", "--levels", 3, "--resolutions", "8,6"],
+           "--resolutions [8, 6]: every size must be a multiple of 2^(levels-1) = 4")
+    # a run: eval's checkpoint and data checks, resume of a damaged checkpoint
+    run = tmp_path / "run"
+    from deepkrylov.cli import main
+
+    assert main(["train", "fno", "--data", "train.h5", "--ntrain", "8", "--epochs", "1", "--width", "4", "--modes",
+                 "2", "--layers", "1", "--out", str(run)]) == 0
+    _fails(["eval", "--run", run, "--data", "train.h5", "--checkpoint", "nope.pt"],
+           "checkpoint", "nope.pt' does not exist (the run has ['best.pt', 'last.pt'])")
+    _fails(["eval", "--run", run, "--data", "notes.txt"], "'notes.txt' is not a readable HDF5 file")
+    (run / "junk.pt").write_text("junk")
+    _fails(["eval", "--run", run, "--data", "train.h5", "--checkpoint", "junk.pt"], "cannot load the weights")
+    import numpy as np
+
+    from deepkrylov.operators.data import save_dataset
+
+    save_dataset(str(tmp_path / "b.h5"), {"a": np.ones((2, 32)), "u": np.ones((2, 32))})  # Burgers' layout, 1D
+    _fails(["eval", "--run", run, "--data", tmp_path / "b.h5"], "holds 1D fields (32,)", "on 2D grids (32, 32)")
+    (run / "last.pt").write_text("junk")
+    _fails(["train", "fno", "--data", "train.h5", "--out", run, "--epochs", 2, "--resume"],
+           "--resume: cannot read", "last.pt")
