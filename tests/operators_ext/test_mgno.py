@@ -167,3 +167,19 @@ def test_bad_inputs():
         MgNO(iterations=[3, 1])
     with pytest.raises(ValueError, match="transfer_init must be one of"):
         MgNO(transfer_init="xavier")
+
+
+def test_uncentered_normalisation_keeps_zero():
+    # MgNO's normalisation (the CLI's): zero means and root-mean-square scales, so a zero input maps to the model's
+    # zero-input output and a zero output to a zero field (the Dirichlet boundary value of Darcy)
+    from deepkrylov.operators.normalization import Normalized
+
+    g = torch.Generator().manual_seed(6)
+    x, y = 3 + torch.rand(4, 1, 16, 16, generator=g, dtype=torch.float64), torch.rand(4, 1, 16, 16, generator=g)
+    stats = Normalized.uncentered(*Normalized.statistics(x, y))
+    assert stats[0] == stats[2] == 0.0
+    assert abs(stats[1] / float(x.pow(2).mean().sqrt()) - 1) < 1e-3
+    assert abs(stats[3] / float(y.double().pow(2).mean().sqrt()) - 1) < 1e-3
+    model = Normalized(MgNO(channels=2, num_layers=1, resolution=16, iterations=[[1, 0]] * 3), *stats).double()
+    inner = model.model
+    torch.testing.assert_close(model(x), inner(x / stats[1]) * stats[3])
