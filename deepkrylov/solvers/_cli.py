@@ -29,36 +29,24 @@ Callback = Callable[[int, float], None]
 
 @dataclass
 class SolveProblem:
-    """What every method of ``deepkrylov solve`` gets: the operator, its SciPy matrix (natural ordering), the
-    right-hand side (a tensor on one rank, a GridTensor on several), the same as a GridTensor, the grid shape and
-    the parsed arguments (``rtol``, ``max_it``, ``model``, ...)."""
+    """What every method of ``deepkrylov solve`` gets: the operator (built on this rank's block on several ranks),
+    the right-hand side (a tensor on one rank, a GridTensor on several), the same as a GridTensor, the grid shape
+    and the parsed arguments (``rtol``, ``max_it``, ``model``, ...). Nothing in it holds the whole grid on more
+    than one rank."""
 
     op: Any
-    matrix: Any
     b: Any
     bg: Any
     shape: tuple
     args: argparse.Namespace
-
-    @property
-    def A_scipy(self) -> Any:
-        """The SciPy matrix, assembled on first use (only the PETSc baselines need it)."""
-        if callable(self.matrix):
-            self.matrix = self.matrix()
-        return self.matrix
+    model: Any = None          # the DCDM network, loaded before any method runs (a bad file fails fast)
+    stencil_net: Any = None    # the learned multigrid's weights, likewise
 
 
 def _solve_dcdm(p: SolveProblem, callback: Callback) -> Any:
     from .dcdm import dcdm
-    from .dcdm.model import load_model
 
-    try:
-        model = load_model(p.args.model)
-    except (FileNotFoundError, ValueError) as err:
-        raise SystemExit(f"deepkrylov solve: {err}")
-    if model.dim != len(p.shape):
-        raise SystemExit(f"deepkrylov solve: the DCDM model is {model.dim}D but the problem is {len(p.shape)}D")
-    return dcdm(p.op, p.b, model, rtol=p.args.rtol, max_it=p.args.max_it, callback=callback)
+    return dcdm(p.op, p.b, p.model, rtol=p.args.rtol, max_it=p.args.max_it, callback=callback)
 
 
 def _solve_cg(p: SolveProblem, callback: Callback) -> Any:
@@ -75,7 +63,8 @@ def _solve_pcg(p: SolveProblem, callback: Callback) -> Any:
 
 
 def _petsc_baseline(pc_type: str) -> Callable[[SolveProblem, Callback], Any]:
-    """PETSc KSPCG with ``pc_type`` on the assembled matrix; None (skipped) when petsc4py is missing."""
+    """PETSc KSPCG with ``pc_type`` on the matrix assembled from each rank's own rows; None (skipped) when
+    petsc4py is missing."""
 
     def solve(p: SolveProblem, callback: Callback) -> Any:
         from .petsc import petsc_available, petsc_solve
@@ -84,43 +73,29 @@ def _petsc_baseline(pc_type: str) -> Callable[[SolveProblem, Callback], Any]:
             log.warning("skipping %s: petsc4py is not installed", pc_type)
             return None
         null = p.op.null_space() if getattr(p.op, "singular", False) else False
-        return petsc_solve(p.A_scipy, p.bg, pc_type=pc_type, rtol=p.args.rtol, max_it=p.args.max_it,
+        return petsc_solve(p.op, p.bg, pc_type=pc_type, rtol=p.args.rtol, max_it=p.args.max_it,
                            null_space=null if null is not None else False, monitor=callback)
 
     solve.__name__ = f"_solve_petsc_{pc_type}"
     return solve
 
 
-def _grid_operator(p: SolveProblem, method: str) -> Any:
-    from deepkrylov.mesh import DiffusionOperator
-
-    if not isinstance(p.op, DiffusionOperator):
-        raise SystemExit(f"deepkrylov solve: {method} needs a grid problem (--scene or --mask), not --matrix")
-    return p.op
-
-
 def _solve_mg(p: SolveProblem, callback: Callback) -> Any:
     from .krylov import cg
     from .multigrid import Multigrid
 
-    op = _grid_operator(p, "mg")
-    M = Multigrid(dtype=torch.float32).setup(op, p.bg.grid if p.bg.grid.size > 1 else None)
-    res = cg(op, p.b, M=M, rtol=p.args.rtol, max_it=p.args.max_it, callback=callback)
+    M = Multigrid(dtype=torch.float32).setup(p.op, p.bg.grid if p.bg.grid.size > 1 else None)
+    res = cg(p.op, p.b, M=M, rtol=p.args.rtol, max_it=p.args.max_it, callback=callback)
     res.info["setup_time"] = M.setup_time
     return res
 
 
 def _solve_learned(p: SolveProblem, callback: Callback) -> Any:
     from .krylov import cg
-    from .learned_multigrid import LearnedMultigrid, load_stencil_net
+    from .learned_multigrid import LearnedMultigrid
 
-    op = _grid_operator(p, "learned")
-    try:
-        net = load_stencil_net(p.args.learned_model)
-        M = LearnedMultigrid(net=net, dtype=torch.float32).setup(op, p.bg.grid if p.bg.grid.size > 1 else None)
-    except (FileNotFoundError, ValueError) as err:
-        raise SystemExit(f"deepkrylov solve: {err}")
-    res = cg(op, p.b, M=M, rtol=p.args.rtol, max_it=p.args.max_it, callback=callback)
+    M = LearnedMultigrid(net=p.stencil_net, dtype=torch.float32).setup(p.op, p.bg.grid if p.bg.grid.size > 1 else None)
+    res = cg(p.op, p.b, M=M, rtol=p.args.rtol, max_it=p.args.max_it, callback=callback)
     res.info["setup_time"] = M.setup_time
     return res
 
@@ -196,8 +171,10 @@ def register(sub: Any, train_sub: Any) -> None:
     p.add_argument("--scene-seed", type=int, default=900001,
                    help="seed of --scene random (training used seeds below 900000; default 900001)")
     p.add_argument("--mask", type=Path, help="voxel mask .npy (0 fluid, 1 solid, 2 empty) instead of a scene")
-    p.add_argument("--matrix", type=Path, help="matrix: .npz (scipy.sparse.save_npz) or a PETSc binary Mat")
-    p.add_argument("--rhs", type=Path, help="right-hand side for --matrix: .npy or a PETSc binary Vec")
+    p.add_argument("--matrix", type=Path,
+                   help="matrix in natural (x-fastest) order: .npz (scipy.sparse.save_npz of a CSR matrix) or a PETSc "
+                        "binary Mat; each rank reads only its rows (several ranks need petsc4py)")
+    p.add_argument("--rhs", type=Path, help="right-hand side for --matrix: .npy (memory-mapped) or a PETSc binary Vec")
     p.add_argument("--methods", nargs="+", default=["learned", "mg", "pcg", "icc", "gamg", "hypre"], choices=METHODS,
                    help="default: learned mg pcg icc gamg hypre (dcdm, the paper's network, is slow above 32^3)")
     p.add_argument("--rtol", type=float, default=1e-6)
@@ -307,80 +284,294 @@ def _cmd_train_dcdm(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load_problem(args: argparse.Namespace):  # type: ignore[no-untyped-def]
-    """(operator or None, scipy matrix, rhs tensor (1, 1, *shape), spatial shape, description)."""
-    from .matrix import MatrixOperator
-    from .problems import scene_problem
+class _InputError(Exception):
+    """A bad ``deepkrylov solve`` input: printed as one line (rank 0), exit status 1, no traceback."""
 
+
+_NPZ_FORMAT = ("--matrix .npz: scipy.sparse.save_npz of a CSR matrix (compressed or not); each rank reads its row "
+               "range only (indptr, then its slice of indices and data, streamed from the archive)")
+
+
+def _check_inputs(args: argparse.Namespace) -> None:
+    """Checks that need no file contents (every rank takes the same decision): fail before any work."""
+    if not args.rtol > 0:
+        raise _InputError(f"--rtol must be positive, but got {args.rtol}")
+    if args.max_it < 1:
+        raise _InputError(f"--max-it must be at least 1, but got {args.max_it}")
+    if args.matrix is None and args.rhs is not None:
+        raise _InputError("--rhs needs --matrix (a scene or --mask makes its own right-hand side)")
+    if args.matrix is not None and args.rhs is None:
+        raise _InputError("--matrix needs --rhs")
+    if args.matrix is not None and args.mask is not None:
+        raise _InputError("give either --matrix or --mask, not both")
+    for opt in ("matrix", "rhs", "mask", "model", "learned_model"):
+        path = getattr(args, opt)
+        if path is not None and not path.is_file():
+            raise _InputError(f"--{opt.replace('_', '-')} file not found: {path}")
+    for opt in ("plot", "save", "json"):
+        path = getattr(args, opt)
+        if path is not None and not path.resolve().parent.is_dir():
+            raise _InputError(f"--{opt} {path}: the directory {path.resolve().parent} does not exist")
+    grid_methods = [m for m in args.methods if m in ("mg", "learned")]
+    if args.matrix is not None and grid_methods:
+        raise _InputError(f"{', '.join(grid_methods)} need(s) a grid problem (--scene or --mask), not --matrix")
+    if args.matrix is None and args.mask is None:
+        if args.n < 8:
+            raise _InputError(f"--n must be at least 8 for the built-in scenes, but got {args.n}")
+        if "dcdm" in args.methods and args.n % 2:
+            raise _InputError(f"dcdm: the DCDM network pools by 2 along every axis, so the grid size must be even "
+                              f"(e.g. --n {args.n - 1} or {args.n + 1}), but --n is {args.n}")
+
+
+def _load_models(args: argparse.Namespace) -> tuple[Any, Any]:
+    """The DCDM network and learned multigrid weights the chosen methods need, loaded before any method runs."""
+    model = net = None
+    if "dcdm" in args.methods:
+        from .dcdm.model import load_model
+
+        try:
+            model = load_model(args.model)
+        except (FileNotFoundError, ValueError) as err:
+            raise _InputError(_model_error("--model", args.model, "a DCDM model", err)) from None
+    if "learned" in args.methods:
+        from .learned_multigrid import load_stencil_net
+
+        try:
+            net = load_stencil_net(args.learned_model)
+        except (FileNotFoundError, ValueError) as err:
+            raise _InputError(_model_error("--learned-model", args.learned_model, "learned multigrid weights", err)
+                              ) from None
+    return model, net
+
+
+def _check_fit(model: Any, shape: tuple, what: str) -> None:
+    """The DCDM network takes grids of its dimension with even sizes (it pools by 2 along every axis)."""
+    if model is None:
+        return
+    if model.dim != len(shape):
+        raise _InputError(f"dcdm: the DCDM model is {model.dim}D but the problem ({what}) is {len(shape)}D")
+    if any(n % 2 for n in shape):
+        raise _InputError(f"dcdm: the DCDM network pools by 2 along every axis, so every grid size must be even, "
+                          f"but the problem ({what}) is {'x'.join(map(str, shape))}")
+
+
+def _model_error(option: str, path: Optional[Path], what: str, err: Exception) -> str:
+    """One line for a weights file that cannot be used (torch's own message on a corrupt file is long and about
+    ``weights_only``, which says nothing to a user)."""
+    if isinstance(err.__cause__, Exception) or str(err).startswith("cannot read"):
+        return (f"{option} {path}: cannot read it as {what} (corrupt, truncated or not a torch file; "
+                f"write it with the matching `deepkrylov train`)")
+    return f"{option} {path}: " + " ".join(str(err).split())
+
+
+def _load_problem(args: argparse.Namespace, ctx: Any) -> tuple[Any, Any, Any, str]:
+    """``(operator, rhs GridTensor, grid, description)``; on several ranks everything is this rank's block."""
     if args.matrix is not None:
-        if args.rhs is None:
-            raise SystemExit("deepkrylov solve: --matrix needs --rhs")
-        A = _read_matrix(args.matrix)
-        b = _read_vector(args.rhs)
-        if A.shape[0] != A.shape[1] or A.shape[0] != b.size:
-            raise SystemExit(f"deepkrylov solve: matrix {A.shape} and right-hand side ({b.size}) do not fit together")
-        bad = int(np.count_nonzero(~np.isfinite(b)))
-        if bad:
-            raise SystemExit(f"deepkrylov solve: the right-hand side {args.rhs} has {bad} NaN or Inf entries (of "
-                             f"{b.size}); it must be finite")
-        bad = int(np.count_nonzero(~np.isfinite(A.data)))
-        if bad:
-            raise SystemExit(f"deepkrylov solve: the matrix {args.matrix} has {bad} NaN or Inf entries; it must be finite")
-        n = round(b.size ** (1 / args.dim))
-        shape = (n,) * args.dim if n**args.dim == b.size else (b.size,)
-        bt = torch.from_numpy(b).reshape((1, 1) + shape)
-        return MatrixOperator(A, symmetric=True), A, bt, shape, f"{args.matrix.name} ({b.size} unknowns)"
+        return _load_matrix_problem(args, ctx)
+    from deepkrylov.distributed import GridTensor, ProcessGrid
+    from deepkrylov.mesh import StructuredGrid, mask_from_voxels
+
+    from .problems import random_scene, scene_problem
+
+    if args.mask is not None:
+        try:
+            shape = tuple(np.load(args.mask, mmap_mode="r", allow_pickle=False).shape)  # the header only
+        except ValueError as err:
+            raise _InputError(f"--mask {args.mask}: cannot read it as a .npy array ({err})") from None
+        if len(shape) not in (2, 3) or len(set(shape)) != 1:
+            raise _InputError(f"--mask {args.mask}: a cube of voxels (n x n or n x n x n) is needed, but it has shape "
+                              f"{shape}")
+        args.n, args.dim = shape[0], len(shape)
+    shape = (args.n,) * args.dim
+    grid = ProcessGrid(ctx, shape)
+    part = grid if ctx.size > 1 else None  # one rank: the whole operator on plain tensors (no halo machinery)
     mask = None
     if args.mask is not None:
-        from deepkrylov.mesh import StructuredGrid, mask_from_voxels
-
-        vox = np.load(args.mask)
-        mask = mask_from_voxels(vox, StructuredGrid(vox.shape))
-        args.n, args.dim = vox.shape[0], vox.ndim
+        mask = mask_from_voxels(args.mask, StructuredGrid(shape), partition=part)
     elif args.scene == "random":
-        from .problems import random_scene
-
-        mask = random_scene(args.n, args.dim, seed=args.scene_seed)
-    A, b = scene_problem(args.n, args.dim, args.scene, seed=args.seed, mask=mask)
+        mask = random_scene(args.n, args.dim, seed=args.scene_seed, partition=part)
+    A, b = scene_problem(args.n, args.dim, args.scene, seed=args.seed, mask=mask, partition=part)
+    bg = b if isinstance(b, GridTensor) else GridTensor.from_global(b, grid)
     name = args.mask.name if args.mask is not None else (
         f"random scene {args.scene_seed}" if args.scene == "random" else f"{args.scene} scene")
-    what = f"{name}, {'x'.join([str(args.n)] * args.dim)}"
-    return A, A.to_scipy, b, A.grid.shape, what
+    return A, bg, grid, f"{name}, {'x'.join(map(str, shape))}"
 
 
-def _read_matrix(path: Path):  # type: ignore[no-untyped-def]
-    import scipy.sparse as sp
+def _load_matrix_problem(args: argparse.Namespace, ctx: Any) -> tuple[Any, Any, Any, str]:
+    """``--matrix``/``--rhs``, each rank reading only its rows. The grid is ``n^dim`` when the size is a perfect
+    power (split in slabs along the first axis, so that a rank's rows are one contiguous range in the file's
+    natural ordering), else 1D. One rank: a SciPy matrix; several: a PETSc AIJ Mat from the ranks' rows."""
+    from deepkrylov.distributed import GridTensor, ProcessGrid
 
-    if path.suffix == ".npz":
-        return sp.load_npz(path).tocsr()
-    from .petsc import import_petsc
+    from .matrix import MatrixOperator
 
-    PETSc = import_petsc()
-    viewer = PETSc.Viewer().createBinary(str(path), "r")
-    mat = PETSc.Mat().load(viewer)
-    indptr, indices, data = mat.getValuesCSR()
-    return sp.csr_matrix((data, indices, indptr), shape=mat.getSize())
+    size = _rhs_size(args.rhs)
+    m = round(size ** (1 / args.dim))
+    shape = (m,) * args.dim if m**args.dim == size and m >= ctx.size else (size,)
+    grid = ProcessGrid(ctx, shape, dims=(ctx.size,) + (1,) * (len(shape) - 1))
+    plane = int(np.prod(shape[1:]))
+    r0, r1 = grid.offsets[0][grid.coords[0]] * plane, grid.offsets[0][grid.coords[0] + 1] * plane
+    b = _read_rhs_rows(args.rhs, r0, r1)
+    _collective_finite(ctx, b, f"the right-hand side {args.rhs.name} has {{bad}} NaN or Inf entries (of {size}); it "
+                       "must be finite")
+    if ctx.size > 1 or args.matrix.suffix != ".npz":
+        from .petsc import import_petsc
+
+        try:
+            import_petsc()
+        except ImportError:
+            why = "on several ranks" if ctx.size > 1 else "in PETSc's binary format"
+            raise _InputError(f"--matrix {why} needs petsc4py (pip install deepkrylov[petsc])") from None
+    if args.matrix.suffix == ".npz":
+        indptr, indices, data, mshape = _read_npz_rows(args.matrix, r0, r1)
+    else:
+        indptr = indices = None
+        mat, mshape, data = _load_petsc_mat(args.matrix, grid)
+    if mshape[0] != mshape[1] or mshape[0] != size:
+        raise _InputError(f"matrix {tuple(mshape)} and right-hand side ({size}) do not fit together")
+    _collective_finite(ctx, data, f"the matrix {args.matrix} has {{bad}} NaN or Inf entries; it must be finite")
+    bg = GridTensor(torch.from_numpy(b).reshape((1, 1) + grid.local_shape), grid)
+    what = f"{args.matrix.name} ({size} unknowns)"
+    if ctx.size == 1:
+        import scipy.sparse as sp
+
+        if indptr is None:
+            indptr, indices, data = mat.getValuesCSR()
+            mat.destroy()
+        A = sp.csr_matrix((data, indices, indptr), shape=tuple(mshape))
+        return MatrixOperator(A, symmetric=True), bg, grid, what
+    from .petsc import PetscMatOperator, import_petsc
+    from .petsc.mat import _create_aij
+
+    if indptr is not None:  # natural ordering == PETSc's for slabs along the first axis
+        mat = _create_aij(grid, indptr, indices, data)
+    mat.setOption(import_petsc().Mat.Option.SYMMETRIC, True)
+    return PetscMatOperator(mat, grid), bg, grid, what
 
 
-def _read_vector(path: Path) -> np.ndarray:
+def _collective_finite(ctx: Any, values: np.ndarray, message: str) -> None:
+    bad = int(np.count_nonzero(~np.isfinite(values)))
+    if ctx.size > 1:
+        bad = sum(ctx.comm.allgather_object(bad))
+    if bad:
+        raise _InputError(message.format(bad=bad))
+
+
+def _rhs_size(path: Path) -> int:
+    """The number of entries of a ``.npy`` or PETSc binary Vec file, from its header."""
     if path.suffix == ".npy":
-        return np.load(path).astype(np.float64).ravel()
-    from .petsc import import_petsc
+        try:
+            return int(np.prod(np.load(path, mmap_mode="r", allow_pickle=False).shape))
+        except ValueError as err:
+            raise _InputError(f"--rhs {path}: cannot read it as a .npy array ({err})") from None
+    with open(path, "rb") as f:
+        head = f.read(8)
+    classid, n = (int(v) for v in np.frombuffer(head, dtype=">i4")) if len(head) == 8 else (0, 0)
+    if classid != 1211214:  # VEC_FILE_CLASSID
+        raise _InputError(f"--rhs {path}: neither a .npy array nor a PETSc binary Vec")
+    return n
+
+
+def _read_rhs_rows(path: Path, r0: int, r1: int) -> np.ndarray:
+    """Entries ``r0:r1`` of the right-hand side: a memory-mapped ``.npy`` or a PETSc binary Vec read at an offset."""
+    if path.suffix == ".npy":
+        arr = np.load(path, mmap_mode="r", allow_pickle=False).reshape(-1)
+        if not np.issubdtype(arr.dtype, np.number):
+            raise _InputError(f"--rhs {path}: the array has dtype {arr.dtype}, not a number type")
+        return np.array(arr[r0:r1], dtype=np.float64)
+    with open(path, "rb") as f:  # class id, size, then big-endian doubles
+        f.seek(8 + 8 * r0)
+        raw = f.read(8 * (r1 - r0))
+    if len(raw) != 8 * (r1 - r0):
+        raise _InputError(f"--rhs {path}: the file is truncated")
+    return np.frombuffer(raw, dtype=">f8").astype(np.float64)
+
+
+def _npy_member(zf: Any, name: str, path: Path) -> tuple[Any, tuple, np.dtype]:
+    """An open ``.npy`` member of an ``.npz`` archive positioned at its data, with its shape and dtype."""
+    try:
+        f = zf.open(name + ".npy")
+    except KeyError:
+        raise _InputError(f"--matrix {path}: not a SciPy CSR .npz ({name!r} is missing; {_NPZ_FORMAT})") from None
+    version = np.lib.format.read_magic(f)
+    shape, fortran, dtype = np.lib.format._read_array_header(f, version)
+    if fortran:
+        raise _InputError(f"--matrix {path}: {name} is stored in Fortran order")
+    return f, shape, dtype
+
+
+def _read_slice(f: Any, dtype: np.dtype, start: int, stop: int) -> np.ndarray:
+    """Entries ``start:stop`` of an ``.npy`` member whose data begins at the current position (forward seeks only:
+    a compressed member is streamed through, never held whole)."""
+    f.seek(f.tell() + start * dtype.itemsize)
+    raw = f.read((stop - start) * dtype.itemsize)
+    return np.frombuffer(raw, dtype=dtype).copy()
+
+
+def _read_npz_rows(path: Path, r0: int, r1: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple]:
+    """Rows ``r0:r1`` of a CSR matrix written by ``scipy.sparse.save_npz``: ``(indptr from 0, indices, data,
+    shape)``, reading only ``indptr[r0:r1+1]`` and the rows' slices of ``indices`` and ``data``."""
+    import zipfile
+
+    try:
+        zf = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError) as err:
+        raise _InputError(f"--matrix {path}: not an .npz archive ({err}; {_NPZ_FORMAT})") from None
+    with zf:
+        f, _, dt = _npy_member(zf, "format", path)
+        fmt = np.frombuffer(f.read(), dtype=dt).tobytes().decode(errors="replace").strip("\x00")
+        if fmt != "csr":
+            raise _InputError(f"--matrix {path}: the matrix is stored as {fmt!r}; write it as CSR "
+                              "(scipy.sparse.save_npz(path, A.tocsr()))")
+        f, _, dt = _npy_member(zf, "shape", path)
+        shape = tuple(int(v) for v in np.frombuffer(f.read(), dtype=dt))
+        f, n, dt = _npy_member(zf, "indptr", path)
+        if n != (shape[0] + 1,):
+            raise _InputError(f"--matrix {path}: indptr has {n} entries for {shape[0]} rows")
+        indptr = _read_slice(f, dt, r0, r1 + 1).astype(np.int64)
+        lo, hi = int(indptr[0]), int(indptr[-1])
+        f, _, dt = _npy_member(zf, "indices", path)
+        indices = _read_slice(f, dt, lo, hi)
+        f, _, dt = _npy_member(zf, "data", path)
+        data = _read_slice(f, dt, lo, hi).astype(np.float64)
+    if len(indices) != hi - lo or len(data) != hi - lo:
+        raise _InputError(f"--matrix {path}: the archive is truncated")
+    return indptr - lo, indices, data, shape
+
+
+def _load_petsc_mat(path: Path, grid: Any) -> tuple[Any, tuple, np.ndarray]:
+    """A PETSc binary Mat loaded with ``MatLoad`` into ``grid``'s row layout: each rank reads its rows."""
+    from .petsc import import_petsc, petsc_comm
 
     PETSc = import_petsc()
-    viewer = PETSc.Viewer().createBinary(str(path), "r")
-    return PETSc.Vec().load(viewer).getArray().copy()
+    nloc, n = int(np.prod(grid.local_shape)), int(np.prod(grid.global_shape))
+    mat = PETSc.Mat().create(comm=petsc_comm(grid))
+    mat.setSizes(((nloc, n), (nloc, n)))
+    mat.setType(PETSc.Mat.Type.AIJ)
+    try:
+        mat.load(PETSc.Viewer().createBinary(str(path), "r", comm=petsc_comm(grid)))
+    except PETSc.Error:
+        raise _InputError(f"--matrix {path}: neither a SciPy .npz nor a PETSc binary Mat of {n} rows") from None
+    data = mat.getValuesCSR()[2]
+    return mat, tuple(mat.getSize()), data
 
 
 def _cmd_solve(args: argparse.Namespace) -> int:
-    from deepkrylov.distributed import GridTensor, ProcessGrid, init
+    from deepkrylov.distributed import GridTensor, init
 
     ctx = init()
-    op, A_scipy, b, shape, what = _load_problem(args)
-    grid = ProcessGrid(ctx, shape)
-    bg = GridTensor.from_global(b, grid)
-    bx = b if ctx.size == 1 else bg  # one rank: plain tensors, no halo machinery
-    problem = SolveProblem(op=op, matrix=A_scipy, b=bx, bg=bg, shape=tuple(shape), args=args)
+    try:
+        _check_inputs(args)
+        model, net = _load_models(args)
+        op, bg, grid, what = _load_problem(args, ctx)
+        _check_fit(model, tuple(grid.global_shape), what)
+    except (_InputError, ValueError, FileNotFoundError) as err:  # bad input: the same decision on every rank
+        if ctx.is_root:
+            sys.stderr.write(f"deepkrylov solve: {' '.join(str(err).split())}\n")
+        return 1
+    bx = bg.local if ctx.size == 1 else bg  # one rank: plain tensors, no halo machinery
+    problem = SolveProblem(op=op, b=bx, bg=bg, shape=tuple(grid.global_shape), args=args, model=model,
+                           stencil_net=net)
     rows, histories, solutions = [], {}, {}
     for i, method in enumerate(args.methods, 1):
         progress = _Progress(method, i, len(args.methods), enabled=ctx.is_root and not args.no_progress)
@@ -390,7 +581,7 @@ def _cmd_solve(args: argparse.Namespace) -> int:
         progress.done(res)
         if res is None:
             continue
-        x = res.x if isinstance(res.x, GridTensor) else GridTensor.from_global(res.x, grid)
+        x = res.x if isinstance(res.x, GridTensor) else GridTensor(res.x.reshape(bg.local.shape), grid)
         true_res = float((bg - op.apply(x)).norm() / bg.norm())
         solve = res.info.get("solve_time", res.wall_time)
         rows.append({"method": method, "iterations": res.iterations, "reason": res.reason.name,

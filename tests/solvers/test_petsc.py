@@ -365,3 +365,43 @@ def test_mat_from_local_rows_equals_whole_csr(mpi_ctx, shape, bc, obstacle):
     np.testing.assert_array_equal(P.layout._petsc_index(grid, coords), P.natural_to_petsc(grid))
     for m in mats:
         m.destroy()
+
+
+@pytest.mark.parametrize("fmt", ["npz", "petsc"])
+def test_cli_matrix_rows_per_rank(mpi_ctx, tmp_path, fmt):
+    """``deepkrylov solve --matrix``: each rank reads only its rows (a slab of the n^dim grid) from a SciPy .npz or a
+    PETSc binary file; the operator and right-hand side equal the whole matrix's and vector's rows."""
+    import argparse
+
+    import scipy.sparse as sp
+
+    from deepkrylov.solvers._cli import _load_matrix_problem
+
+    shape = (6, 6, 6)
+    A = laplacian(shape, "neumann", sphere_mask(shape))
+    b = rhs(shape, seed=4).ravel()
+    if fmt == "npz":  # every rank writes its own copy (tmp_path is per rank)
+        sp.save_npz(tmp_path / "A.npz", A)
+        np.save(tmp_path / "b.npy", b)
+        files = (tmp_path / "A.npz", tmp_path / "b.npy")
+    else:
+        files = (tmp_path / "A.petsc", tmp_path / "b.petsc")
+        m = P.assemble_aij(A, ProcessGrid(None, (A.shape[0],)))
+        bv = PETSc.Vec().createWithArray(b, comm=PETSc.COMM_SELF)
+        for obj, path in ((m, files[0]), (bv, files[1])):
+            viewer = PETSc.Viewer().createBinary(str(path), "w", comm=PETSc.COMM_SELF)
+            obj.view(viewer)
+            viewer.destroy()
+        m.destroy()
+    args = argparse.Namespace(matrix=files[0], rhs=files[1], dim=3, methods=["cg"])
+    op, bg, grid, _ = _load_matrix_problem(args, mpi_ctx)
+    assert grid.global_shape == shape and grid.dims == (mpi_ctx.size, 1, 1)
+    np.testing.assert_array_equal(bg.gather().numpy().ravel(), b)
+    y = op.apply(bg)
+    np.testing.assert_allclose(y.gather().numpy().ravel(), A @ b, rtol=1e-14, atol=1e-14)
+    if mpi_ctx.size > 1:  # the Mat from the ranks' rows is the whole-CSR one
+        ref = P.assemble_aij(A, grid)
+        assert op.mat.equal(ref)
+        ref.destroy()
+        op.close()
+        op.mat.destroy()

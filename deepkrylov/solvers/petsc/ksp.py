@@ -44,8 +44,10 @@ def petsc_solve(
     """Solve ``A x = b`` with PETSc KSP (the baseline): same tolerances and stopping test as deepkrylov's solvers.
 
     Args:
-        A: a PETSc ``Mat``, a SciPy sparse matrix in natural ordering, or a deepkrylov operator (assembled via
-            ``to_scipy()`` when it has one, else used as a ``MATPYTHON`` shell: then only ``jacobi``/``none`` PCs).
+        A: a PETSc ``Mat`` (or :class:`PetscMatOperator`), a SciPy sparse matrix in natural ordering, or a
+            deepkrylov operator (assembled by :func:`assemble_aij`: from each rank's stencil rows for a
+            DiffusionOperator, else via ``to_scipy()``; without either a ``MATPYTHON`` shell: then only
+            ``jacobi``/``none`` PCs).
         b, x0: GridTensors (one sample, one channel).
         ksp_type: any PETSc KSP type (``cg``, ``gmres``, ...). pc_type: one of :data:`PC_TYPES` (``icc`` in
             parallel becomes block Jacobi with ICC per block; ``hypre`` is BoomerAMG).
@@ -72,6 +74,8 @@ def petsc_solve(
     grid = b.grid
     if isinstance(A, PETSc.Mat):
         mat = A
+    elif isinstance(A, PetscMatOperator):
+        mat = A.mat
     elif hasattr(A, "to_scipy") or type(A).__module__.startswith("scipy.sparse"):
         try:
             mat = assemble_aij(A, grid)
