@@ -32,7 +32,10 @@ the converter does not know raises ``ValueError`` naming it.
 from __future__ import annotations
 
 import copy
+import functools
+import itertools
 import math
+from fractions import Fraction
 from typing import Any, Optional, Sequence
 
 import torch
@@ -62,42 +65,82 @@ _POOLS: tuple[type, ...] = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool
 
 
 class ResolutionState:
-    """The refinement factor of the current input against the training grid, shared by all converted layers."""
+    """The scale ``s = n / n0`` per axis of the current input grid against the training grid, shared by all
+    converted layers of one model (rational: finer and coarser grids both run)."""
 
     def __init__(self, resolution: Sequence[int]) -> None:
         self.resolution = tuple(int(n) for n in resolution)
-        self.scale = (1,) * len(self.resolution)
+        self.scale: tuple[Fraction, ...] = (Fraction(1),) * len(self.resolution)
+        self.shape = self.resolution
+        self.multiple = (1,) * len(self.resolution)  # grid sizes must be multiples of this (learned from strides)
+
+    def sizes_that_work(self, axis: int) -> str:
+        m, n0 = self.multiple[axis], self.resolution[axis]
+        if m == 1:
+            return "any size"
+        few = sorted(({m * j for j in range(1, 5)} | {n0 // 2, n0, 2 * n0, 4 * n0}) - {0})
+        return f"multiples of {m} ({', '.join(str(n) for n in few if n % m == 0)}, ...)"
+
+    def error(self, detail: str) -> ValueError:
+        works = "; ".join(f"axis {a}: {self.sizes_that_work(a)}" for a in range(len(self.resolution)))
+        return ValueError(f"a converted operator trained on {self.resolution} cannot run on {self.shape}: {detail}. "
+                          f"Grid sizes that work: {works}")
 
     def update(self, shape: Sequence[int]) -> None:
         sizes = tuple(int(n) for n in shape[-len(self.resolution):])
-        scale = []
-        for n, n0 in zip(sizes, self.resolution):
-            if n % n0:
-                raise ValueError(
-                    f"a converted operator runs on grids refined by an integer factor from its training grid "
-                    f"{self.resolution}, but got {sizes}"
-                )
-            scale.append(n // n0)
-        self.scale = tuple(scale)
+        self.shape = sizes
+        if len(shape) < len(self.resolution) or any(n < 1 for n in sizes):
+            raise self.error(f"expected {len(self.resolution)} positive trailing grid sizes, got {tuple(shape)}")
+        bad = [a for a, n in enumerate(sizes) if n % self.multiple[a]]
+        if bad:
+            raise self.error(f"axis {bad[0]} has {sizes[bad[0]]} points, not a multiple of {self.multiple[bad[0]]}")
+        self.scale = tuple(Fraction(n, n0) for n, n0 in zip(sizes, self.resolution))
+
+    def learn_multiple(self, axis: int, out0: int) -> None:
+        """A strided layer keeps ``out0`` of the training grid's points on ``axis``: every grid must keep an
+        integer number, ``n * out0 / n0``."""
+        n0 = self.resolution[axis]
+        m = n0 // math.gcd(n0, out0)
+        self.multiple = tuple(math.lcm(v, m) if a == axis else v for a, v in enumerate(self.multiple))
 
     def __deepcopy__(self, memo: dict) -> "ResolutionState":
         return self  # shared by every layer of one converted model
 
 
+@functools.lru_cache(maxsize=256)
+def _overlap_rule(k: int, stride: int, pad: int, s: Fraction) -> tuple[torch.Tensor, int]:
+    """The ``"constant"`` rule on one axis: ``(M, left)`` with ``M (k', k)`` mapping the ``k`` training taps to
+    ``k'`` taps on a grid ``s`` times finer (or coarser) and ``left`` the padding in front of them.
+
+    The training kernel is read as piecewise constant on the training cells, placed where it sat relative to the
+    output cell of a strided layer (for stride 2, the output cell covers two input cells; a 3-tap stride-2 kernel
+    is centred half a cell off that output cell's centre, and stays so physically); each new tap takes the
+    length of its cell's overlap with each training cell (in training cells: columns sum to one, so a kernel's
+    integral -- its response to a constant -- is kept)."""
+    half = Fraction(stride, 2)
+    a = -pad - half  # the kernel's support, in training cells relative to the output cell's centre
+    lo = min(math.floor(a * s + half - 1) + 1, 0)
+    hi = math.ceil((a + k) * s + half) - 1
+    rows = []
+    for u in range(lo, hi + 1):
+        c0 = (u - half) / s + half + pad  # the new cell, shifted so that training cell m is [m, m + 1]
+        c1 = c0 + 1 / s
+        rows.append([float(max(Fraction(0), min(c1, Fraction(m + 1)) - max(c0, Fraction(m)))) for m in range(k)])
+    return torch.tensor(rows, dtype=torch.float64), -lo
+
+
 def interpolation_matrix(k: int, s: int, kernel: str = "constant", dtype: torch.dtype = torch.float64) -> torch.Tensor:
-    """``(k', k)`` matrix mapping ``k`` kernel taps on the training grid to ``k'`` taps on a grid ``s`` times finer,
-    quadrature weights included (columns sum to 1 for ``"constant"``)."""
+    """``(k', k)`` matrix mapping ``k`` taps of a stride-1, centred kernel on the training grid to ``k'`` taps on
+    a grid ``s`` times finer, quadrature weights included (columns sum to 1 for ``"constant"``; for
+    ``"linear"``, the paper's ``s k - s + 1`` vertex-centred taps, ``1/s`` times the hat interpolation)."""
     if kernel not in _KERNELS:
         raise ValueError(f"kernel must be one of {_KERNELS}, but got {kernel!r}")
     if k == 1 or s == 1:
         return torch.eye(k, dtype=dtype)
     if kernel == "constant":
-        kp = s * k + (1 if (k % 2 and s % 2 == 0) else 0)
-        t = (torch.arange(kp, dtype=dtype) - (kp - 1) / 2) / s  # fine tap positions, in training cells
-        c = torch.arange(k, dtype=dtype) - (k - 1) / 2  # coarse cell centres
-        lo = torch.maximum((t - 0.5 / s)[:, None], (c - 0.5)[None, :])
-        hi = torch.minimum((t + 0.5 / s)[:, None], (c + 0.5)[None, :])
-        return (hi - lo).clamp_min(0.0)  # overlap length = fine quadrature weight (coarse units)
+        # centred on the kernel's middle: a stride-1 odd kernel, or an even one read as a stride-2 window
+        return _overlap_rule(k, 1, (k - 1) // 2, Fraction(s))[0].to(dtype) if k % 2 else \
+            _overlap_rule(k, 2, k // 2 - 1, Fraction(s))[0].to(dtype)
     if k % 2:  # the paper's vertex-centred rule: s k - s + 1 taps, linear interpolation
         kp = s * k - s + 1
         t = (torch.arange(kp, dtype=dtype) - (kp - 1) / 2) / s
@@ -120,91 +163,179 @@ def _apply_axes(w: torch.Tensor, mats: Sequence[torch.Tensor], first_axis: int =
     return w
 
 
-def _grow(k: Sequence[int], s: Sequence[int], kernel: str) -> tuple[int, ...]:
-    return tuple(interpolation_matrix(ka, sa, kernel).shape[0] for ka, sa in zip(k, s))
-
-
 class _Scaled(nn.Module):
     state: ResolutionState
     kernel: str
+    label: str
 
-    def _scale(self, nd: int) -> tuple[int, ...]:
+    def _scale(self, nd: int) -> tuple[Fraction, ...]:
         s = self.state.scale
         if len(s) != nd:
             raise ValueError(f"a {nd}D layer inside a model converted for {len(s)}D grids {self.state.resolution}")
         return s
 
 
-class OperatorConv(_Scaled):
+class _Strided(_Scaled):
+    """A window layer (convolution or pooling) with kernel ``k``, stride and symmetric padding per axis: re-read
+    on the current grid with :func:`_overlap_rule` (or the paper's rule for ``kernel="linear"``)."""
+
+    nd: int
+    kernel_size: tuple[int, ...]
+    stride: tuple[int, ...]
+    padding: tuple[int, ...]
+
+    def _geometry(self, x: torch.Tensor) -> Optional[tuple[list[torch.Tensor], list[tuple[int, int]]]]:
+        """Per axis the tap matrix and (left, right) padding (negative right: crop) on the current grid; None at
+        the training grid (run the layer as it is)."""
+        s = self._scale(self.nd)
+        outs = []
+        for a in range(self.nd):
+            k, st, p, n = self.kernel_size[a], self.stride[a], self.padding[a], x.shape[2 + a]
+            n0 = n / s[a]  # this layer's input size on the training grid
+            if n0.denominator != 1:
+                raise self.state.error(f"{self.label} gets {n} points on axis {a}, {n0} on the training grid")
+            out0 = (int(n0) + 2 * p - k) // st + 1
+            if st > 1:
+                self.state.learn_multiple(a, out0)
+            out = out0 * s[a]
+            if out.denominator != 1 or out < 1:
+                raise self.state.error(f"{self.label} (stride {st}) would need {out} output points on axis {a}")
+            outs.append(int(out))
+        if all(sa == 1 for sa in s):
+            return None
+        mats, pads = [], []
+        for a in range(self.nd):
+            k, st, p, sa = self.kernel_size[a], self.stride[a], self.padding[a], s[a]
+            if self.kernel == "linear" and st == 1 and sa.denominator == 1 and k % 2:
+                m = interpolation_matrix(k, int(sa), "linear")
+                left = p + (m.shape[0] - k) // 2
+            else:
+                m, left = _overlap_rule(k, st, p, sa)
+            mats.append(m)
+            pads.append((left, (outs[a] - 1) * st + m.shape[0] - x.shape[2 + a] - left))
+        return mats, pads
+
+
+def _pad_crop(x: torch.Tensor, pads: Sequence[tuple[int, int]], mode: str = "constant", value: float = 0.0) -> torch.Tensor:
+    """Pad (or, for negative amounts, crop) the trailing ``len(pads)`` axes of ``x``."""
+    flat = [v for lo, hi in reversed(pads) for v in (lo, hi)]
+    if mode == "constant":
+        return F.pad(x, flat, value=value)
+    crop = [max(0, -v) for v in flat]
+    x = F.pad(x, [min(0, v) for v in flat]) if any(crop) else x
+    return F.pad(x, [max(0, v) for v in flat], mode=mode)
+
+
+_CONV_FN = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
+
+
+class OperatorConv(_Strided):
     """A convolution with a fixed physical receptive field (same parameters as the ``nn.ConvNd`` it replaces)."""
 
-    def __init__(self, conv: nn.modules.conv._ConvNd, state: ResolutionState, kernel: str) -> None:
+    def __init__(self, conv: nn.modules.conv._ConvNd, state: ResolutionState, kernel: str, label: str = "") -> None:
         super().__init__()
         self.nd = conv.weight.dim() - 2
         self.weight, self.bias = conv.weight, conv.bias
-        self.stride, self.dilation, self.groups = conv.stride, conv.dilation, conv.groups
-        self.padding_mode, self.kernel_size = conv.padding_mode, conv.kernel_size
+        self.stride, self.dilation, self.groups = tuple(conv.stride), conv.dilation, conv.groups
+        self.padding_mode, self.kernel_size = conv.padding_mode, tuple(conv.kernel_size)
         pad = conv.padding
         if isinstance(pad, str):
             pad = tuple((conv.dilation[a] * (k - 1)) // 2 for a, k in enumerate(conv.kernel_size)) if pad == "same" else (0,) * self.nd
         self.padding = tuple(pad)
-        self.state, self.kernel = state, kernel
+        self.state, self.kernel, self.label = state, kernel, f"layer {label}"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        s = self._scale(self.nd)
-        k = self.kernel_size
-        kp = _grow(k, s, self.kernel)
-        w = _apply_axes(self.weight, [interpolation_matrix(ka, sa, self.kernel) for ka, sa in zip(k, s)])
-        pad = tuple(p + (kk - ka) // 2 for p, kk, ka in zip(self.padding, kp, k))
-        fn = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[self.nd]
-        if self.padding_mode != "zeros" and any(pad):
-            flat = [v for p in reversed(pad) for v in (p, p)]
-            x = F.pad(x, flat, mode=self.padding_mode)
-            pad = (0,) * self.nd
-        return fn(x, w, self.bias, self.stride, pad, self.dilation, self.groups)
+        geo = self._geometry(x)
+        fn = _CONV_FN[self.nd]
+        if geo is None:
+            if self.padding_mode != "zeros":
+                x = _pad_crop(x, [(p, p) for p in self.padding], self.padding_mode)
+                return fn(x, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
+            return fn(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
+        mats, pads = geo
+        w = _apply_axes(self.weight, mats)
+        x = _pad_crop(x, pads, "constant" if self.padding_mode == "zeros" else self.padding_mode)
+        return fn(x, w, self.bias, self.stride, 0, 1, self.groups)
 
 
 class OperatorConvTranspose(_Scaled):
-    """A transposed convolution with a fixed physical footprint (same parameters as the layer it replaces)."""
+    """A transposed convolution with a fixed physical footprint (same parameters as the layer it replaces); integer
+    refinement only. A stride-``k`` ``k``-tap one (patch un-embedding, U-Net up-convolution) paints a pattern
+    of period ``k`` cells that no function-space operator reproduces: under refinement it tends to the pattern's
+    mean -- prefer interpolation (``nn.Upsample``) followed by a convolution in models meant for conversion."""
 
-    def __init__(self, conv: nn.modules.conv._ConvTransposeNd, state: ResolutionState, kernel: str) -> None:
+    def __init__(self, conv: nn.modules.conv._ConvTransposeNd, state: ResolutionState, kernel: str,
+                 label: str = "") -> None:
         super().__init__()
         self.nd = conv.weight.dim() - 2
         self.weight, self.bias = conv.weight, conv.bias
         self.stride, self.padding, self.output_padding = conv.stride, conv.padding, conv.output_padding
         self.groups, self.dilation, self.kernel_size = conv.groups, conv.dilation, conv.kernel_size
-        self.state, self.kernel = state, kernel
+        self.state, self.kernel, self.label = state, kernel, f"layer {label}"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         s = self._scale(self.nd)
+        if any(sa.denominator != 1 for sa in s):
+            raise self.state.error(f"{self.label} converts for integer refinement only: the sizes that work are "
+                                   f"multiples of the training grid {self.state.resolution}")
+        si = [int(sa) for sa in s]
         k = self.kernel_size
-        kp = _grow(k, s, self.kernel)
-        w = _apply_axes(self.weight, [interpolation_matrix(ka, sa, self.kernel) for ka, sa in zip(k, s)])
-        pad = tuple(p + (kk - ka) // 2 for p, kk, ka in zip(self.padding, kp, k))
+        mats = [interpolation_matrix(ka, sa, self.kernel) for ka, sa in zip(k, si)]
+        w = _apply_axes(self.weight, mats)
+        pad = tuple(p + (m.shape[0] - ka) // 2 for p, m, ka in zip(self.padding, mats, k))
         fn = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}[self.nd]
         return fn(x, w, self.bias, self.stride, pad, self.output_padding, self.groups, self.dilation)
 
 
-class OperatorPool(_Scaled):
-    """Max/average pooling over a fixed physical window (stride kept in grid points)."""
+class OperatorPool(_Strided):
+    """Max/average pooling over a fixed physical window (stride kept in grid points).
 
-    def __init__(self, pool: nn.Module, state: ResolutionState, nd: int) -> None:
+    Average pooling is the window's integral (a depthwise convolution under :func:`_overlap_rule`). Max pooling
+    is read as the maximum over the training taps of the cell averages there: on a finer grid each tap's value
+    is the average of the fine cells covering that training cell, then the maximum is taken -- so the result
+    converges to the same function the training grid samples, instead of the maximum over ever more points
+    (which grows by ``O(h |grad|)``). Windows that reach past the boundary on the new grid average only the
+    cells inside (max: the boundary value is repeated)."""
+
+    def __init__(self, pool: nn.Module, state: ResolutionState, nd: int, label: str = "") -> None:
         super().__init__()
         self.nd, self.is_max = nd, isinstance(pool, (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d))
         t = lambda v: tuple(v) if isinstance(v, (tuple, list)) else (int(v),) * nd  # noqa: E731
         self.kernel_size, self.stride, self.padding = t(pool.kernel_size), t(pool.stride or pool.kernel_size), t(pool.padding)
         self.count_include_pad = getattr(pool, "count_include_pad", True)
-        self.state, self.kernel = state, "constant"
+        self.state, self.kernel, self.label = state, "constant", f"layer {label}"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        s = self._scale(self.nd)
-        kp = _grow(self.kernel_size, s, "constant")
-        pad = tuple(p + (kk - ka) // 2 for p, kk, ka in zip(self.padding, kp, self.kernel_size))
+        geo = self._geometry(x)
+        if geo is None:
+            if self.is_max:
+                return {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}[self.nd](x, self.kernel_size, self.stride, self.padding)
+            fn = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}[self.nd]
+            return fn(x, self.kernel_size, self.stride, self.padding, count_include_pad=self.count_include_pad)
+        mats, pads = geo
+        c, conv = x.shape[1], _CONV_FN[self.nd]
+
+        def depthwise(z: torch.Tensor, vecs: Sequence[torch.Tensor]) -> torch.Tensor:
+            w = _outer(vecs).to(z)
+            return conv(z, w.expand(c, 1, *w.shape), None, self.stride, 0, 1, c)
+
         if self.is_max:
-            fn = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}[self.nd]
-            return fn(x, kp, self.stride, pad)
-        fn = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}[self.nd]
-        return fn(x, kp, self.stride, pad, count_include_pad=self.count_include_pad)
+            xp = _pad_crop(x, pads, "replicate")
+            taps = itertools.product(*[range(k) for k in self.kernel_size])
+            return torch.stack([depthwise(xp, [m[:, j] for m, j in zip(mats, tap)]) for tap in taps]).amax(0)
+        vecs = [m.sum(1) / k for m, k in zip(mats, self.kernel_size)]
+        y = depthwise(_pad_crop(x, pads), vecs)
+        if not self.count_include_pad or not any(self.padding):
+            inside = _pad_crop(torch.ones_like(x[:1, :1]), pads)
+            y = y / conv(inside, _outer(vecs).to(x)[None, None], None, self.stride)
+        return y
+
+
+def _outer(vecs: Sequence[torch.Tensor]) -> torch.Tensor:
+    w = vecs[0]
+    for v in vecs[1:]:
+        w = w[..., None] * v
+    return w
 
 
 def _interp_field(p: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
@@ -250,7 +381,10 @@ def _token_grid(n_tokens: int, resolution: Sequence[int]) -> Optional[tuple[int,
 def _positional_property(name: str, state: ResolutionState, layout: str, extra: int, grid: tuple[int, ...]) -> property:
     def getter(self: nn.Module) -> torch.Tensor:
         p = self._parameters[name]
-        new = tuple(g * s for g, s in zip(grid, state.scale))
+        scaled = [g * s for g, s in zip(grid, state.scale)]
+        if any(v.denominator != 1 for v in scaled):
+            raise state.error(f"the positional embedding {name} on a {grid} token grid would need {scaled} tokens")
+        new = tuple(int(v) for v in scaled)
         if new == grid:
             return p
         if layout == "tokens":  # (1, extra + prod(grid), D)
@@ -306,7 +440,7 @@ def _convert_module(
     if isinstance(mod, nn.modules.conv._ConvTransposeNd):
         if any(d != 1 for d in mod.dilation):
             raise ValueError(f"cannot convert {label}: dilated transposed convolutions are not supported")
-        return OperatorConvTranspose(mod, state, kernel)
+        return OperatorConvTranspose(mod, state, kernel, label)
     if isinstance(mod, nn.modules.conv._ConvNd):
         if any(d != 1 for d in mod.dilation):
             raise ValueError(f"cannot convert {label}: dilated convolutions are not supported")
@@ -315,13 +449,13 @@ def _convert_module(
                 f"cannot convert {label}: padding {mod.padding!r} with kernel {mod.kernel_size} shrinks or shifts the "
                 f"grid; use symmetric integer padding"
             )
-        return OperatorConv(mod, state, kernel)
+        return OperatorConv(mod, state, kernel, label)
     if isinstance(mod, _POOLS):
         if getattr(mod, "ceil_mode", False) or getattr(mod, "dilation", 1) not in (1, (1,) * nd):
             raise ValueError(f"cannot convert {label}: ceil_mode/dilation pooling is not supported")
         if getattr(mod, "return_indices", False):
             raise ValueError(f"cannot convert {label}: return_indices pooling is not supported")
-        return OperatorPool(mod, state, nd)
+        return OperatorPool(mod, state, nd, label)
     if isinstance(mod, nn.LayerNorm):
         shape = tuple(mod.normalized_shape)
         if len(shape) == 1:
@@ -386,18 +520,18 @@ class UNet(nn.Module):
     concatenated skips) -- an ordinary grid model, tied to nothing but ``2**depth``-divisible grids; the model that
     ``converted_unet`` turns into an operator."""
 
-    def __init__(self, in_channels: int = 1, out_channels: int = 1, width: int = 16, depth: int = 3, dim: int = 2) -> None:
+    def __init__(self, in_channels: int = 1, out_channels: int = 1, width: int = 16, depth: int = 3, dim: int = 2,
+                 padding_mode: str = "zeros") -> None:
         super().__init__()
         if dim not in (1, 2, 3) or depth < 1 or width < 1:
             raise ValueError(f"need dim in (1, 2, 3), depth >= 1, width >= 1, but got {dim}, {depth}, {width}")
         Conv = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}[dim]
-        ConvT = {1: nn.ConvTranspose1d, 2: nn.ConvTranspose2d, 3: nn.ConvTranspose3d}[dim]
         Pool = {1: nn.MaxPool1d, 2: nn.MaxPool2d, 3: nn.MaxPool3d}[dim]
 
         def block(cin: int, cout: int) -> nn.Module:
             return nn.Sequential(
-                Conv(cin, cout, 3, padding=1), nn.GroupNorm(min(4, cout), cout), nn.GELU(),
-                Conv(cout, cout, 3, padding=1), nn.GELU(),
+                Conv(cin, cout, 3, padding=1, padding_mode=padding_mode), nn.GroupNorm(min(4, cout), cout), nn.GELU(),
+                Conv(cout, cout, 3, padding=1, padding_mode=padding_mode), nn.GELU(),
             )
 
         chans = [width * 2**i for i in range(depth + 1)]
@@ -405,7 +539,13 @@ class UNet(nn.Module):
         self.inc = block(in_channels, chans[0])
         self.down = nn.ModuleList(block(chans[i], chans[i + 1]) for i in range(depth))
         self.pool = Pool(2)
-        self.up = nn.ModuleList(ConvT(chans[i + 1], chans[i], 2, stride=2) for i in reversed(range(depth)))
+        mode = {1: "linear", 2: "bilinear", 3: "trilinear"}[dim]
+        # up: a 1x1 convolution, then linear interpolation (a 2x2 stride-2 transposed convolution paints a
+        # period-2 pattern that no operator reproduces on other grids; this pair is the same function everywhere)
+        self.up = nn.ModuleList(
+            nn.Sequential(Conv(chans[i + 1], chans[i], 1), nn.Upsample(scale_factor=2, mode=mode, align_corners=False))
+            for i in reversed(range(depth))
+        )
         self.dec = nn.ModuleList(block(2 * chans[i], chans[i]) for i in reversed(range(depth)))
         self.out = Conv(chans[0], out_channels, 1)
 
@@ -421,7 +561,8 @@ class UNet(nn.Module):
 
 def converted_unet(
     in_channels: int = 1, out_channels: int = 1, width: int = 16, depth: int = 3,
-    resolution: Sequence[int] = (64, 64), kernel: str = "constant",
+    resolution: Sequence[int] = (64, 64), kernel: str = "constant", padding_mode: str = "zeros",
 ) -> nn.Module:
     """A :class:`UNet` converted into a neural operator trained at ``resolution`` (the ``converted-unet`` model)."""
-    return convert(UNet(in_channels, out_channels, width, depth, dim=len(tuple(resolution))), resolution, kernel)
+    unet = UNet(in_channels, out_channels, width, depth, dim=len(tuple(resolution)), padding_mode=padding_mode)
+    return convert(unet, resolution, kernel)

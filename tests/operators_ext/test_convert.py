@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from deepkrylov.operators.convert import convert, interpolation_matrix
+from deepkrylov.operators.convert import UNet, convert, interpolation_matrix
 
 
 def _field(n: int, channels: int = 1) -> torch.Tensor:
@@ -167,8 +167,7 @@ def test_layernorm_over_space_and_bad_modules():
         convert(nn.Conv2d(1, 1, 3, dilation=2), (8, 8))
     with pytest.raises(ValueError, match="Upsample to a fixed size"):
         convert(nn.Upsample(size=(16, 16)), (8, 8))
-    with pytest.raises(ValueError, match="refined by an integer factor from its training grid \\(8, 8\\), but got \\(12, 8\\)"):
-        op(torch.zeros(1, 1, 12, 8, dtype=torch.float64))
+    assert op(_field(12)[..., :8]).shape == (1, 2, 12, 8)  # no strided layer: any grid (here 1.5x, 1x) runs
 
 
 class _Named(nn.Module):
@@ -180,7 +179,7 @@ class _Named(nn.Module):
 
 
 def test_converted_unet_builder_loads_a_plain_unet():
-    from deepkrylov.operators.convert import UNet, converted_unet
+    from deepkrylov.operators.convert import converted_unet
 
     torch.manual_seed(4)
     unet = _trained(UNet(1, 2, width=4, depth=2))
@@ -189,3 +188,94 @@ def test_converted_unet_builder_loads_a_plain_unet():
     with torch.no_grad():
         torch.testing.assert_close(op(_field(16)), unet(_field(16)), rtol=0, atol=1e-12)
         assert op(_field(32)).shape == (1, 2, 32, 32)
+
+
+# ---- resolution consistency against the analytic limit -----------------------------------------------------------
+_MODES = ((1, 0, 1.0), (1, 2, 0.5), (3, 1, -0.3))  # (kx, ky, amplitude) of a smooth periodic field
+
+
+def _periodic(n: int) -> torch.Tensor:
+    t = (torch.arange(n, dtype=torch.float64) + 0.5) / n  # cell centres
+    X, Y = torch.meshgrid(t, t, indexing="ij")
+    return sum(a * torch.cos(2 * math.pi * (kx * X + ky * Y)) for kx, ky, a in _MODES)[None, None]
+
+
+def _cell_mean(x: torch.Tensor, y: torch.Tensor, h: float) -> torch.Tensor:
+    """The field's exact average over the h x h cell centred at (x, y): each mode times sinc(k h / 2) per axis."""
+    out = torch.zeros_like(x)
+    for kx, ky, a in _MODES:
+        damp = torch.sinc(torch.tensor(kx * h, dtype=torch.float64)) * torch.sinc(torch.tensor(ky * h, dtype=torch.float64))
+        out = out + a * damp * torch.cos(2 * math.pi * (kx * x + ky * y))
+    return out
+
+
+def _limit(w: torch.Tensor, b: float, stride: int, pad: int, n0: int, n_out: int, pool: str = "") -> torch.Tensor:
+    """The operator every converted grid approximates, on an ``n_out`` output grid: the training kernel read as
+    piecewise constant on training cells of size ``h = 1/n0``, placed as it sat relative to its output cell (for
+    stride 2: half a cell off), applied to the exact cell averages of the field (``pool="max"``: their maximum)."""
+    h, k = 1.0 / n0, 2 if w is None else w.shape[-1]
+    c = (torch.arange(n_out, dtype=torch.float64) + 0.5) / n_out  # output cell centres
+    X, Y = torch.meshgrid(c, c, indexing="ij")
+    offs = [(m - pad - stride / 2 + 0.5) * h for m in range(k)]  # training tap centres relative to the output cell
+    vals = [[_cell_mean(X + ox, Y + oy, h) for oy in offs] for ox in offs]
+    if pool == "max":
+        return torch.stack([v for row in vals for v in row]).amax(0)[None, None]
+    return (sum(w[i, j] * vals[i][j] for i in range(k) for j in range(k)) + b)[None, None]
+
+
+@pytest.mark.parametrize("layer", ["conv3", "conv5", "conv3-stride2", "maxpool2"])
+def test_converted_layer_converges_to_one_limit_at_h_h2_h4(layer):
+    """A converted CNN layer trained at h = 1/16, applied to one smooth (periodic) function sampled at h, h/2 and
+    h/4, approaches the analytic limit operator at second order -- the training grid included."""
+    torch.manual_seed(5)
+    n0 = 16
+    if layer == "maxpool2":
+        net, w, b, stride, pad = nn.MaxPool2d(2), None, 0.0, 2, 0
+    else:
+        k, stride = (5, 1) if layer == "conv5" else (3, 2 if "stride2" in layer else 1)
+        net = nn.Conv2d(1, 1, k, stride=stride, padding=k // 2, padding_mode="circular").double()
+        w, b, pad = net.weight.detach()[0, 0], float(net.bias.detach()), k // 2
+    op = convert(nn.Sequential(net), (n0, n0))
+    errors = []
+    with torch.no_grad():
+        for n in (n0, 2 * n0, 4 * n0):
+            y = op(_periodic(n))
+            ref = _limit(w, b, stride, pad, n0, y.shape[-1], "max" if w is None else "")
+            if layer == "maxpool2":  # pooling knows no periodicity: leave out the windows within 2h of the edge
+                c = n // n0
+                y, ref = y[..., c:-c, c:-c], ref[..., c:-c, c:-c]
+            errors.append(_rel(y, ref))
+    assert errors[0] < 0.05
+    print(layer, errors)
+    # O(h^2) to one limit: 4x per halving once the fine cells split the training cells (the training grid's own
+    # error has another constant)
+    assert errors[1] < 0.6 * errors[0] and errors[2] < 0.3 * errors[1], errors
+
+
+def test_naive_maxpool_and_strided_conv_drift_under_refinement():
+    """Why the rules above: run as they are on 2x and 4x finer grids, a stride-2 3x3 convolution (half a fine
+    cell off centre) and a 2x2 max pooling (max over more samples) move away from the limit the training grid saw."""
+    torch.manual_seed(5)
+    conv = nn.Conv2d(1, 1, 3, stride=2, padding=1, padding_mode="circular").double()
+    w, b = conv.weight.detach()[0, 0], float(conv.bias.detach())
+    with torch.no_grad():
+        naive = [_rel(conv(_periodic(n)), _limit(w, b, 2, 1, 16, n // 2)) for n in (16, 32, 64)]
+        pooled = [_rel(F.max_pool2d(_periodic(n), 2)[..., 1:-1, 1:-1], _limit(None, 0, 2, 0, 16, n // 2, "max")[..., 1:-1, 1:-1])
+                  for n in (16, 32, 64)]
+    assert naive[2] > naive[0] and pooled[2] > pooled[0]
+
+
+def test_bad_resolution_names_the_sizes_that_work():
+    torch.manual_seed(6)
+    op = convert(UNet(1, 1, width=4, depth=2).double().eval(), (16, 16))
+    with torch.no_grad():
+        assert op(_field(16)).shape == (1, 1, 16, 16)  # learns its strides at the training grid
+        assert op(_field(32)).shape == (1, 1, 32, 32) and op(_field(8)).shape == (1, 1, 8, 8)
+        assert op(_field(20)).shape == (1, 1, 20, 20)  # 1.25x: fractional refinement, 20 / 4 pooled cells
+        msg = "cannot run on \\(18, 18\\).*axis 0: multiples of 4 \\(4, 8, 12, 16, 32, 64, \\.\\.\\.\\)"
+        with pytest.raises(ValueError, match=msg):
+            op(_field(18))
+        fresh = convert(UNet(1, 1, width=4, depth=2).double().eval(), (16, 16))
+        with pytest.raises(ValueError, match="layer pool \\(MaxPool2d\\) \\(stride 2\\) would need 9/2 output points.*"
+                                             "multiples of 4"):
+            fresh(_field(18))  # first call: the failing layer itself names the constraint
