@@ -124,6 +124,36 @@ def test_io_errors(tmp_path) -> None:
         generate("heat", num_samples=2)
 
 
+def test_hdf5_fields_read_samples_lazily(tmp_path) -> None:
+    """``HDF5Fields`` == the arrays (any order, repeats, a time index, a channel axis); survives pickling; errors."""
+    import pickle
+
+    import torch
+
+    from deepkrylov.operators.data import HDF5Fields
+
+    rng = np.random.default_rng(0)
+    a, w, c = rng.standard_normal((6, 5, 4)), rng.standard_normal((6, 3, 5, 4)), rng.standard_normal((6, 2, 5, 4))
+    p = str(tmp_path / "f.h5")
+    save_dataset(p, {"a": a, "w": w, "c": c})
+    ds = HDF5Fields(p, ["a", ("w", -2)], samples=[5, 1, 3], dtype=torch.float64)
+    got = ds.__getitems__([2, 0, 2])
+    for k, i in enumerate((3, 5, 3)):
+        np.testing.assert_array_equal(got[k][0].numpy(), a[i][None])
+        np.testing.assert_array_equal(got[k][1].numpy(), w[i, 1][None])
+    np.testing.assert_array_equal(pickle.loads(pickle.dumps(ds))[1][0].numpy(), a[1][None])
+    chan = HDF5Fields(p, ["c"], channels=True)
+    assert len(chan) == 6 and chan[4][0].dtype == torch.float32
+    np.testing.assert_allclose(chan[4][0].numpy(), c[4], rtol=1e-7)
+    with pytest.raises(ValueError, match="no index 3 on axis 1"):
+        HDF5Fields(p, [("w", 3)])
+    with pytest.raises(ValueError, match="samples must be indices in \\[0, 6\\)"):
+        HDF5Fields(p, ["a"], samples=[6])
+    (tmp_path / "t.txt").write_text("text")
+    with pytest.raises(ValueError, match="is not a readable HDF5 file"):
+        HDF5Fields(str(tmp_path / "t.txt"), ["a"])
+
+
 def _cli(*args: str, cwd) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "deepkrylov.cli", *args], capture_output=True, text=True, cwd=cwd,
                           timeout=120)
