@@ -330,9 +330,12 @@ class Trainer:
                     f"({listed}). Use the checkpoint's values, or train into a new output directory; options that "
                     f"may change on resume: {', '.join(RESUMABLE_OPTIONS)}"
                 )
-            if self.config["scheduler"] == "cosine" and st["config"].get("epochs") != self.config["epochs"]:
+            if (self.config["scheduler"] == "cosine" and st["config"].get("epochs") != self.config["epochs"]
+                    and self.rank == 0):
                 log.warning("resuming a cosine schedule with epochs %s instead of %s: the schedule keeps its "
-                            "stored period", self.config["epochs"], st["config"].get("epochs"))
+                            "stored period of %s epochs, so past it the learning rate rises again from its "
+                            "minimum (a warm restart)", self.config["epochs"], st["config"].get("epochs"),
+                            st["config"].get("epochs"))
         self.module.load_state_dict(st["model"])
         self.optimizer.load_state_dict(st["optimizer"])
         if self.scheduler is not None and st.get("scheduler") is not None:
