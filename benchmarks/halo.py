@@ -62,7 +62,7 @@ def worker(blocks: list[int], widths: list[int], reps: int) -> None:
 
     _MPI = MPI
     from deepkrylov.distributed import GridTensor, HaloConv3d, ProcessGrid, fill_halo_, init
-    from deepkrylov.distributed.halo import _plan, normalize_widths, padded_shape
+    from deepkrylov.distributed.halo import normalize_widths, padded_shape
 
     torch.set_num_threads(1)
     ctx = init(backend="mpi")
@@ -96,12 +96,11 @@ def worker(blocks: list[int], widths: list[int], reps: int) -> None:
                         0, r if src is not None else [None, 0, MPI.BYTE], src if src is not None else MPI.PROC_NULL, 0,
                     )
 
-            plans = _plan(grid, wd, "zeros")
+            plan = grid.exchange_plan(wd, "zeros", buf.dtype, buf.device)
 
             def messages_only():
-                for plan in plans:
-                    if plan.messages:
-                        ctx.comm.exchange_regions(buf, plan.messages, cache=plan.cache)
+                for a in range(3):
+                    plan._messages(buf, a)
 
             t_sr, t_msg, t_ex, t_halo = _time_interleaved(
                 [bare, messages_only, lambda: fill_halo_(buf, grid, wd, "zeros"), lambda: x.halo(w, "zeros")],

@@ -8,10 +8,14 @@ local block and the local part of a DMDA global vector hold the same numbers in 
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, Optional, Sequence, Union
 
+import torch
+
 from .comm import Comm, MPIComm, SelfComm
+from .halo import HaloExchange, normalize_modes, normalize_widths
 
 __all__ = ["ProcessGrid", "default_dims", "default_split"]
 
@@ -202,6 +206,21 @@ class ProcessGrid:
         """A grid on the same ranks and dims with another shape and ownership (e.g. after a strided conv)."""
         return ProcessGrid(self.comm, global_shape, self.dims, self.periodic, splits)
 
+    # ---- communication plans --------------------------------------------------------------------------------
+    def exchange_plan(
+        self, width: Union[int, Sequence] = 1, mode: Union[str, Sequence[str]] = "zeros",
+        dtype: torch.dtype = torch.float64, device: Union[str, torch.device] = "cpu",
+    ) -> HaloExchange:
+        """The halo exchange of this grid for ``width`` (int, per axis, or ``(lo, hi)`` pairs) and boundary
+        ``mode`` (one of ``HALO_MODES``, or one per axis), on ``dtype`` tensors on ``device``: built once (bad
+        widths raise the same error on every rank, before any message) and cached, shared by equal grids.
+        ``run``/``adjoint_run`` fill/fold a padded buffer, ``faces`` serves one-pass stencils."""
+        try:
+            return _cached_plan(self, width, mode, dtype, device)
+        except TypeError:  # unhashable width or mode (a list): normalise first
+            return _plan(self, normalize_widths(width, self.ndim), normalize_modes(mode, self.ndim), dtype,
+                         torch.device(device))
+
     # ---- identity -------------------------------------------------------------------------------------------
     def _key(self) -> tuple:
         key = self.__dict__.get("_identity")
@@ -221,3 +240,14 @@ class ProcessGrid:
             f"ProcessGrid(global_shape={self.global_shape}, dims={self.dims}, rank={self.rank}, "
             f"coords={self.coords}, local_shape={self.local_shape})"
         )
+
+
+@functools.lru_cache(maxsize=512)
+def _cached_plan(grid: ProcessGrid, width: Any, mode: Any, dtype: torch.dtype, device: Any) -> HaloExchange:
+    """Plans by the arguments as given (the per-call fast path); equal normalised arguments share one plan."""
+    return _plan(grid, normalize_widths(width, grid.ndim), normalize_modes(mode, grid.ndim), dtype, torch.device(device))
+
+
+@functools.lru_cache(maxsize=512)
+def _plan(grid: ProcessGrid, widths: tuple, modes: tuple, dtype: torch.dtype, device: torch.device) -> HaloExchange:
+    return HaloExchange(grid, widths, modes, dtype, device)

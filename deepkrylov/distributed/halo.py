@@ -10,15 +10,15 @@ reverse: every ghost's gradient goes back to the rank that owns the cell and is 
 
 from __future__ import annotations
 
-import functools
-from typing import Optional, Sequence, Union
+from typing import TYPE_CHECKING, Optional, Sequence, Union
 
 import numpy as np
 import torch
 
-from .grid import ProcessGrid
+if TYPE_CHECKING:
+    from .grid import ProcessGrid
 
-__all__ = ["HALO_MODES", "fill_halo_", "halo", "normalize_widths", "padded_shape"]
+__all__ = ["HALO_MODES", "HaloExchange", "fill_halo_", "halo", "normalize_modes", "normalize_widths", "padded_shape"]
 
 HALO_MODES = ("zeros", "circular", "reflect", "replicate")
 Widths = tuple[tuple[int, int], ...]
@@ -81,26 +81,23 @@ def _slab(widths: Widths, local: Sequence[int], axis: int, along: slice, later_p
 class _AxisPlan:
     """What filling the ghosts along one axis takes: the messages, and the boundary fills."""
 
-    __slots__ = ("messages", "fills", "cache")
+    __slots__ = ("messages", "fills")
 
     def __init__(self) -> None:
-        self.messages: list = []  # (send_index, dest, recv_index, source) for fill; swapped roles for fold
+        self.messages: list = []  # (send_index, dest, recv_index, source)
         self.fills: list = []  # (ghost_index, kind, source_index, dim)
-        self.cache: dict = {}  # engine-prepared state for these messages (e.g. MPI datatypes)
 
 
-@functools.lru_cache(maxsize=512)
-def _plan(grid: ProcessGrid, widths: Widths, mode: str) -> tuple[_AxisPlan, ...]:
-    _check(grid, widths, mode)
+def _axis_plans(grid: ProcessGrid, widths: Widths, modes: tuple[str, ...]) -> list[_AxisPlan]:
     local = grid.local_shape
-    wrap = mode == "circular"
     plans = []
-    for a, (lo, hi) in enumerate(widths):
+    for a, ((lo, hi), mode) in enumerate(zip(widths, modes)):
         plan = _AxisPlan()
         plans.append(plan)
         if lo == 0 and hi == 0:
             continue
         n, d = local[a], 2 + a
+        wrap = mode == "circular"
         lo_nbr, hi_nbr = grid.neighbour(a, -1, wrap), grid.neighbour(a, +1, wrap)
 
         def m(start: int, stop: int) -> tuple:
@@ -113,31 +110,120 @@ def _plan(grid: ProcessGrid, widths: Widths, mode: str) -> tuple[_AxisPlan, ...]
             plan.messages.append((m(n, n + lo), hi_nbr, m(0, lo), lo_nbr))
         if hi:  # my first `hi` cells -> lower neighbour's upper ghosts; mine come from above
             plan.messages.append((m(lo, lo + hi), lo_nbr, m(lo + n, lo + n + hi), hi_nbr))
-        if mode != "circular":
+        if not wrap:
             if lo and lo_nbr is None:
                 src = {"zeros": None, "replicate": v(lo, lo + 1), "reflect": v(lo + 1, lo + 1 + lo)}[mode]
                 plan.fills.append((v(0, lo), mode, src, d))
             if hi and hi_nbr is None:
                 src = {"zeros": None, "replicate": v(lo + n - 1, lo + n), "reflect": v(lo + n - 1 - hi, lo + n - 1)}[mode]
                 plan.fills.append((v(lo + n, lo + n + hi), mode, src, d))
-    return tuple(plans)
+    return plans
 
 
-def fill_halo_(buf: torch.Tensor, grid: ProcessGrid, widths: Widths, mode: str = "zeros") -> torch.Tensor:
+def normalize_modes(mode: Union[str, Sequence[str]], ndim: int) -> tuple[str, ...]:
+    """One boundary mode for every axis, or one per axis, checked against :data:`HALO_MODES`."""
+    modes = (mode,) * ndim if isinstance(mode, str) else tuple(mode)
+    if len(modes) != ndim or any(m not in HALO_MODES for m in modes):
+        raise ValueError(f"halo mode must be one of {HALO_MODES} (or one per axis, {ndim} axes), but got {mode!r}")
+    return modes
+
+
+class HaloExchange:
+    """The halo exchange of one grid for given widths and boundary modes, set up once and run many times (like
+    PETSc's ``VecScatter`` behind ``DMGlobalToLocal``). Get it from :meth:`ProcessGrid.exchange_plan`, which caches it.
+
+    ``run(buf)`` fills the ghost cells of a padded buffer ``(batch, channels, *padded)`` in place from its interior;
+    ``adjoint_run(buf)`` is its adjoint, in place: every ghost's value is added into the cell it was copied from
+    (on its owner; DistDL's rule), and the ghosts are zeroed. ``faces(block)`` gives the neighbours' slabs
+    of an unpadded block without a padded copy (what a one-pass stencil kernel reads). The messages of each axis go
+    through the engine's executor (:meth:`Comm.exchange`; MPI: datatypes and persistent requests).
+    """
+
+    def __init__(self, grid: ProcessGrid, widths: Widths, modes: tuple[str, ...], dtype: torch.dtype,
+                 device: torch.device) -> None:
+        for mode in set(modes):
+            _check(grid, tuple(w if m == mode else (0, 0) for w, m in zip(widths, modes)), mode)
+        self.grid, self.widths, self.modes, self.dtype, self.device = grid, widths, modes, dtype, device
+        self.padded = padded_shape(grid.local_shape, widths)
+        self._axes = _axis_plans(grid, widths, modes)
+        self._executors = [grid.comm.exchange(p.messages) if p.messages else None for p in self._axes]
+
+    def _check_buf(self, buf: torch.Tensor, padded: bool = True) -> None:
+        want = self.padded if padded else self.grid.local_shape
+        if tuple(buf.shape[2:]) != want or buf.dim() != 2 + len(want) or buf.dtype != self.dtype:
+            raise ValueError(f"this exchange plan takes {self.dtype} tensors of shape (batch, channels, *{want}), "
+                             f"but got {buf.dtype} {tuple(buf.shape)}")
+
+    def _messages(self, buf: torch.Tensor, axis: int) -> None:
+        ex = self._executors[axis]
+        if ex is not None:
+            ex.run(buf)
+
+    def run(self, buf: torch.Tensor) -> torch.Tensor:
+        """Fill the ghosts of ``buf`` in place (its interior must hold the local block); returns ``buf``."""
+        self._check_buf(buf)
+        host = _numpy_view(buf)  # numpy slicing costs a fraction of torch's per-call dispatch on small faces
+        arr, flip = (host, np.flip) if host is not None else (buf, torch.Tensor.flip)
+        for a, plan in enumerate(self._axes):
+            self._messages(buf, a)
+            for ghost, kind, src, d in plan.fills:
+                arr[ghost] = 0 if kind == "zeros" else (arr[src] if kind == "replicate" else flip(arr[src], d))
+        return buf
+
+    def adjoint_run(self, buf: torch.Tensor) -> torch.Tensor:
+        """Adjoint of :meth:`run`, in place: add every ghost into the cell it was copied from, then zero the ghosts;
+        returns ``buf``."""
+        self._check_buf(buf)
+        for plan, ex in zip(reversed(self._axes), reversed(self._executors)):
+            for ghost, kind, src, d in plan.fills:
+                if kind == "replicate":
+                    buf[src].add_(buf[ghost].sum(d, keepdim=True))
+                elif kind == "reflect":
+                    buf[src].add_(buf[ghost].flip(d))
+            if ex is not None:
+                ex.adjoint_run(buf)
+        for a, (lo, hi) in enumerate(self.widths):  # the ghosts' values now live in their sources
+            n = self.grid.local_shape[a]
+            buf.narrow(2 + a, 0, lo).zero_()
+            buf.narrow(2 + a, lo + n, hi).zero_()
+        return buf
+
+    def faces(self, block: torch.Tensor) -> list[tuple[Optional[torch.Tensor], Optional[torch.Tensor]]]:
+        """Per axis, the slabs ``(below, above)`` adjacent to the unpadded ``block`` ``(batch, channels, *local)``:
+        the lower neighbour's last ``lo`` cells and the upper neighbour's first ``hi`` cells along that axis (the
+        interior extent of the other axes; no edges or corners), contiguous; ``None`` where the widths are zero or a
+        ``zeros`` boundary leaves no neighbour. Only ``zeros`` and ``circular`` modes have faces."""
+        if any(m not in ("zeros", "circular") for m in self.modes):
+            raise ValueError(f"faces() needs 'zeros' or 'circular' modes, but the plan has {self.modes}")
+        self._check_buf(block, padded=False)
+        grid, comm = self.grid, self.grid.comm
+        out = []
+        for a, ((lo, hi), mode) in enumerate(zip(self.widths, self.modes)):
+            d, n = 2 + a, block.shape[2 + a]
+            wrap = mode == "circular"
+            lo_nbr, hi_nbr = grid.neighbour(a, -1, wrap), grid.neighbour(a, +1, wrap)
+            last = block.narrow(d, n - lo, lo).contiguous() if lo and hi_nbr is not None else None
+            first = block.narrow(d, 0, hi).contiguous() if hi and lo_nbr is not None else None
+            if lo_nbr == grid.rank and hi_nbr == grid.rank:  # one block along a periodic axis: its own faces
+                out.append((last, first))
+                continue
+            below = block.new_empty(block.shape[:d] + (lo,) + block.shape[d + 1:]) if lo and lo_nbr is not None else None
+            above = block.new_empty(block.shape[:d] + (hi,) + block.shape[d + 1:]) if hi and hi_nbr is not None else None
+            if lo:  # my last cells go up while the lower neighbour's come in; then the other way
+                comm.sendrecv(last, hi_nbr, below, lo_nbr)
+            if hi:
+                comm.sendrecv(first, lo_nbr, above, hi_nbr)
+            out.append((below, above))
+        return out
+
+
+def fill_halo_(buf: torch.Tensor, grid: ProcessGrid, widths: Union[int, Sequence], mode: Union[str, Sequence[str]] = "zeros") -> torch.Tensor:
     """Fill the ghost cells of a padded buffer in place; its interior must already hold the local block.
 
     This is the in-place update (like PETSc's ``DMGlobalToLocal`` ghost update) that :func:`halo` uses; call it
-    directly to reuse one buffer across iterations.
+    directly to reuse one buffer across iterations. Shorthand for ``grid.exchange_plan(...).run(buf)``.
     """
-    comm = grid.comm
-    host = _numpy_view(buf)  # numpy slicing costs a fraction of torch's per-call dispatch on small faces
-    arr, flip = (host, np.flip) if host is not None else (buf, torch.Tensor.flip)
-    for plan in _plan(grid, widths, mode):
-        if plan.messages:
-            comm.exchange_regions(buf, plan.messages, cache=plan.cache)
-        for ghost, kind, src, d in plan.fills:
-            arr[ghost] = 0 if kind == "zeros" else (arr[src] if kind == "replicate" else flip(arr[src], d))
-    return buf
+    return grid.exchange_plan(widths, mode, buf.dtype, buf.device).run(buf)
 
 
 _NUMPY_DTYPES = (torch.float64, torch.float32, torch.float16, torch.complex128, torch.complex64)
@@ -150,50 +236,34 @@ def _numpy_view(buf: torch.Tensor) -> Optional[np.ndarray]:
     return buf.detach().numpy()
 
 
-def _fold_halo_(grad: torch.Tensor, grid: ProcessGrid, widths: Widths, mode: str) -> torch.Tensor:
-    """Adjoint of :func:`fill_halo_`: add every ghost's gradient into the cell it was copied from."""
-    comm = grid.comm
-    for plan in reversed(_plan(grid, widths, mode)):
-        for ghost, kind, src, d in plan.fills:
-            if kind == "replicate":
-                grad[src].add_(grad[ghost].sum(d, keepdim=True))
-            elif kind == "reflect":
-                grad[src].add_(grad[ghost].flip(d))
-        if plan.messages:
-            # forward: buf[recv] <- source's buf[send]; adjoint: grad[recv] goes back to source, added to its send
-            comm.exchange_regions(grad, [(r, src, s, dst) for s, dst, r, src in reversed(plan.messages)], add=True)
-    return grad
-
-
 def _interior(widths: Widths, local: Sequence[int]) -> tuple:
     return (slice(None), slice(None)) + tuple(slice(lo, lo + n) for (lo, _), n in zip(widths, local))
 
 
 class _Halo(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x: torch.Tensor, grid: ProcessGrid, widths: Widths, mode: str) -> torch.Tensor:  # type: ignore[override]
-        buf = x.new_empty(tuple(x.shape[:2]) + padded_shape(grid.local_shape, widths))
-        buf[_interior(widths, grid.local_shape)] = x
-        fill_halo_(buf, grid, widths, mode)
-        ctx.grid, ctx.widths, ctx.mode = grid, widths, mode
+    def forward(ctx, x: torch.Tensor, plan: HaloExchange) -> torch.Tensor:  # type: ignore[override]
+        local = plan.grid.local_shape
+        buf = x.new_empty(tuple(x.shape[:2]) + plan.padded)
+        buf[_interior(plan.widths, local)] = x
+        plan.run(buf)
+        ctx.plan = plan
         return buf
 
     @staticmethod
     def backward(ctx, g: torch.Tensor):  # type: ignore[override]
-        grad = _fold_halo_(g.clone(), ctx.grid, ctx.widths, ctx.mode)
-        return grad[_interior(ctx.widths, ctx.grid.local_shape)], None, None, None
+        plan = ctx.plan
+        grad = plan.adjoint_run(g.clone(memory_format=torch.contiguous_format))
+        return grad[_interior(plan.widths, plan.grid.local_shape)], None
 
 
-def halo(x: torch.Tensor, grid: ProcessGrid, width: Union[int, Sequence] = 1, mode: str = "zeros") -> torch.Tensor:
+def halo(x: torch.Tensor, grid: ProcessGrid, width: Union[int, Sequence] = 1, mode: Union[str, Sequence[str]] = "zeros") -> torch.Tensor:
     """The local block ``x`` (batch, channels, *local) padded by ``width`` cells of neighbour data.
 
     At the global boundary the padding follows ``mode`` (``zeros``, ``circular``, ``reflect``, ``replicate``, as
-    in ``torch.nn.functional.pad``). Differentiable; the backward is the adjoint exchange.
+    in ``torch.nn.functional.pad``; or one per axis). Differentiable; the backward is the adjoint exchange.
     """
-    if mode not in HALO_MODES:
-        raise ValueError(f"halo mode must be one of {HALO_MODES}, but got {mode!r}")
-    widths = normalize_widths(width, grid.ndim)
     if tuple(x.shape[2:]) != grid.local_shape:
         raise ValueError(f"local block has spatial shape {tuple(x.shape[2:])}, but the grid expects {grid.local_shape}")
-    _plan(grid, widths, mode)  # validates, the same on every rank, before any message
-    return _Halo.apply(x, grid, widths, mode)
+    plan = grid.exchange_plan(width, mode, x.dtype, x.device)  # validates, the same on every rank, before any message
+    return _Halo.apply(x, plan)

@@ -180,3 +180,62 @@ def test_more_ranks_than_cells(ctx):
         pytest.skip("needs several ranks")
     with pytest.raises(ValueError, match=f"more ranks than cells along axis 0: {ctx.size} ranks for 1 cells"):
         ProcessGrid(ctx, (1,))
+
+
+# ---- the grid's exchange plans ----------------------------------------------------------------------------
+PLAN_MODES = [*HALO_MODES, ("circular", "zeros", "reflect"), ("replicate", "circular", "zeros")]
+
+
+@pytest.mark.parametrize("mode", PLAN_MODES, ids=str)
+def test_exchange_plan_run_and_adjoint_run(ctx, mode):
+    """run == F.pad of the whole tensor (per-axis modes too); <run x, y> = <x, adjoint_run y> over the whole padded
+    space (random ghosts in x and y), summed over ranks; one plan per grid and arguments."""
+    shape, widths = (11, 9, 7), ((1, 2), (2, 1), (1, 1))
+    grid = ProcessGrid(ctx, shape)
+    plan = grid.exchange_plan(widths, mode, torch.float64, "cpu")
+    assert grid.exchange_plan(widths, mode, torch.float64, "cpu") is plan
+    assert ProcessGrid(ctx, shape).exchange_plan(list(widths), mode, torch.float64, torch.device("cpu")) is plan
+    modes = (mode,) * 3 if isinstance(mode, str) else mode
+    x_full = _global(shape, seed=20)
+    ref = x_full
+    for a in range(3):
+        pad = [0] * 6
+        pad[2 * (2 - a): 2 * (2 - a) + 2] = widths[a]
+        ref = F.pad(ref, pad, mode="constant" if modes[a] == "zeros" else modes[a])
+    buf = torch.randn((2, 3) + padded_shape(grid.local_shape, widths), dtype=torch.float64)
+    buf[(slice(None), slice(None)) + tuple(slice(lo, lo + n) for (lo, _), n in zip(widths, grid.local_shape))] = (
+        GridTensor.from_global(x_full, grid).local)
+    torch.testing.assert_close(plan.run(buf), _crop(ref, grid, ctx.rank, widths), rtol=0, atol=0)
+
+    g = torch.Generator().manual_seed(30 + ctx.rank)
+    x = torch.randn(buf.shape, generator=g, dtype=torch.float64)
+    y = torch.randn(buf.shape, generator=g, dtype=torch.float64)
+    lhs = ctx.comm.allreduce_((plan.run(x.clone()) * y).sum().reshape(1))
+    rhs = ctx.comm.allreduce_((x * plan.adjoint_run(y.clone())).sum().reshape(1))
+    torch.testing.assert_close(lhs, rhs, rtol=1e-13, atol=0)
+
+
+@pytest.mark.parametrize("mode", ["zeros", "circular", ("circular", "zeros")], ids=str)
+def test_exchange_plan_faces_equal_the_halo(ctx, mode):
+    """faces(block): the slabs next to the block along each axis, as the padded halo holds them (no buffer)."""
+    shape, widths = (13, 10), ((1, 2), (2, 1))
+    grid = ProcessGrid(ctx, shape)
+    plan = grid.exchange_plan(widths, mode, torch.float64, "cpu")
+    block = GridTensor.from_global(_global(shape, seed=40), grid).local
+    padded = GridTensor(block, grid).halo(widths, mode)
+    modes = (mode,) * 2 if isinstance(mode, str) else mode
+    for a, (below, above) in enumerate(plan.faces(block)):
+        (lo, hi), n = widths[a], grid.local_shape[a]
+        inner = [slice(None), slice(None)] + [slice(w, w + m) for (w, _), m in zip(widths, grid.local_shape)]
+        for face, sl, nbr in ((below, slice(0, lo), grid.neighbour(a, -1, modes[a] == "circular")),
+                              (above, slice(lo + n, lo + n + hi), grid.neighbour(a, +1, modes[a] == "circular"))):
+            assert (face is None) == (nbr is None)
+            if face is not None:
+                idx = list(inner)
+                idx[2 + a] = sl
+                assert face.is_contiguous()
+                torch.testing.assert_close(face, padded[tuple(idx)], rtol=0, atol=0)
+    with pytest.raises(ValueError, match="faces\\(\\) needs 'zeros' or 'circular' modes"):
+        grid.exchange_plan(widths, "reflect").faces(block)
+    with pytest.raises(ValueError, match="this exchange plan takes torch.float64 tensors of shape"):
+        plan.run(block)
