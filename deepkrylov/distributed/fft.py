@@ -12,7 +12,9 @@ spectrum, so spectral layers multiply their modes locally; ``ifftn``/``irfftn`` 
 to the physical grid. No rank ever holds the whole grid (except for a 1D grid split over ranks, see below).
 
 Every step is differentiable: the local FFTs through ``torch.fft`` and each repartition through an autograd
-function whose backward is the reverse repartition (its adjoint), so gradients equal the serial ones.
+function whose backward is the reverse repartition (its adjoint), so gradients equal the serial ones. As with any
+collective, every rank must take part in the backward: a rank's loss must depend on its own spectral block (if only
+through a zero-size slice), or its backward would skip the all-to-alls the other ranks wait in.
 
 Memory per rank: a repartition holds its input block, one packed send buffer and one receive buffer (each the
 size of a block) and its output block: four blocks of the largest intermediate layout at its peak. After the first
@@ -135,7 +137,8 @@ class _Repartition(torch.autograd.Function):
     """Blocks of ``src`` -> blocks of ``dst`` (cells outside ``src`` become zeros); backward: the reverse move."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, src: ProcessGrid, dst: ProcessGrid, offset: tuple) -> torch.Tensor:  # type: ignore[override]
+    def forward(ctx, x: torch.Tensor, src: ProcessGrid, dst: ProcessGrid,  # type: ignore[override]
+                offset: tuple) -> torch.Tensor:
         ctx.grids = (src, dst, offset)
         return _repartition(x, src, dst, offset)
 

@@ -9,6 +9,13 @@ projection. ``modes`` counts the *kept non-negative frequencies* per axis (Li et
 layers (up to the next length whose only prime factors are 2, 3 and 5, so the FFTs stay fast: 64 -> 72, not
 the prime 71) and crops afterwards. All weights are independent of the grid size: any resolution with at least
 ``2 * modes`` points per axis runs with the same weights.
+
+Domain-parallel: ``FNO`` and ``SpectralConv`` also take a :class:`~deepkrylov.distributed.GridTensor` split over
+ranks and return one on the same grid, equal to the serial result (and so are the gradients). The spectral
+convolution is a distributed ``rfftn`` (all-to-all repartitions, :mod:`deepkrylov.distributed.fft`), a multiply of
+the kept modes that lie in this rank's box of wave numbers, and ``irfftn``; the lifting, 1x1 convolutions and
+projection act on the local blocks; the domain padding is a repartition onto the larger grid and back. No rank holds
+the whole grid.
 """
 
 from __future__ import annotations
@@ -21,10 +28,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from deepkrylov.distributed import GridTensor, ProcessGrid, irfftn, redistribute, rfftn
+
 __all__ = ["FNO", "SpectralConv"]
 
 _CONV = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
 _ACTIVATIONS = {"gelu": F.gelu, "relu": F.relu, "tanh": torch.tanh, "silu": F.silu}
+Field = Union[torch.Tensor, GridTensor]
 
 
 def _tuple(v: Union[int, Sequence[int]], n: int, name: str) -> tuple[int, ...]:
@@ -57,10 +67,8 @@ class SpectralConv(nn.Module):
         shape = tuple(2 * m for m in self.modes[:-1]) + (self.modes[-1],)
         self.weight = nn.Parameter(scale * torch.rand(in_channels, out_channels, *shape, 2))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        d = self.dim
-        sizes = x.shape[-d:]
-        for a in range(d - 1):
+    def _check_sizes(self, sizes: Sequence[int]) -> None:
+        for a in range(self.dim - 1):
             if sizes[a] < 2 * self.modes[a]:
                 raise ValueError(
                     f"spectral convolution with modes {self.modes} needs at least {2 * self.modes[a]} points along "
@@ -71,13 +79,23 @@ class SpectralConv(nn.Module):
                 f"spectral convolution with modes {self.modes} needs at least {2 * (self.modes[-1] - 1)} points "
                 f"along the last axis, but got grid {tuple(sizes)}"
             )
+
+    def _complex_weight(self, dtype: torch.dtype) -> torch.Tensor:
+        return torch.view_as_complex(self.weight.to(torch.promote_types(dtype, torch.float32)).contiguous())
+
+    def forward(self, x: Field) -> Field:
+        if isinstance(x, GridTensor):
+            return self._forward_grid(x)
+        d = self.dim
+        sizes = x.shape[-d:]
+        self._check_sizes(sizes)
         axes = tuple(range(-d, 0))
         xf = torch.fft.rfftn(x, dim=axes, norm="ortho")
         for a in range(d - 1):  # gather the kept frequencies into one contiguous block
             m, ax = self.modes[a], 2 + a
             xf = torch.cat([xf.narrow(ax, 0, m), xf.narrow(ax, sizes[a] - m, m)], dim=ax)
         xf = xf.narrow(-1, 0, self.modes[-1]).contiguous()
-        w = torch.view_as_complex(self.weight.to(torch.promote_types(x.dtype, torch.float32)).contiguous())
+        w = self._complex_weight(x.dtype)
         letters = "xyz"[:d]
         out = torch.einsum(f"bi{letters},io{letters}->bo{letters}", xf, w)
         out = F.pad(out, (0, sizes[-1] // 2 + 1 - self.modes[-1]))
@@ -87,6 +105,39 @@ class SpectralConv(nn.Module):
             gap[ax] = sizes[a] - 2 * m
             out = torch.cat([out.narrow(ax, 0, m), out.new_zeros(gap), out.narrow(ax, m, m)], dim=ax)
         return torch.fft.irfftn(out, s=tuple(sizes), dim=axes, norm="ortho")
+
+    def _forward_grid(self, x: GridTensor) -> GridTensor:
+        """The same map on a GridTensor: distributed rfftn, this rank's kept modes times their weights, irfftn."""
+        if x.grid.ndim != self.dim:
+            raise ValueError(f"this SpectralConv is {self.dim}D, but got a GridTensor on a {x.grid.ndim}D grid")
+        sizes = x.grid.global_shape
+        self._check_sizes(sizes)
+        xf = rfftn(x, norm="ortho")
+        # per axis: the kept wave numbers in this rank's box (local positions) and their rows of the weight
+        local, rows = [], []
+        for a, sl in enumerate(xf.grid.local_slices):
+            k = torch.arange(sl.start, sl.stop)
+            m = self.modes[a]
+            if a < self.dim - 1:
+                keep = (k < m) | (k >= sizes[a] - m)
+                row = torch.where(k < m, k, k - sizes[a] + 2 * m)
+            else:
+                keep, row = k < m, k
+            local.append(torch.nonzero(keep).flatten().to(x.device))
+            rows.append(row[keep].to(x.device))
+        # (also on a rank without kept modes: its output must depend on its spectrum, or its backward would skip
+        # the all-to-alls of rfftn that the other ranks wait in)
+        out = xf.local.new_zeros((xf.local.shape[0], self.out_channels) + tuple(xf.local.shape[2:]))
+        w = self._complex_weight(x.dtype)
+        xs = xf.local
+        for a in range(self.dim):
+            xs = xs.index_select(2 + a, local[a])
+            w = w.index_select(2 + a, rows[a])
+        letters = "xyz"[:self.dim]
+        kept = torch.einsum(f"bi{letters},io{letters}->bo{letters}", xs, w)
+        index = tuple(i.view((-1,) + (1,) * (self.dim - 1 - a)) for a, i in enumerate(local))
+        out[(slice(None), slice(None)) + index] = kept
+        return irfftn(GridTensor(out, xf.grid), norm="ortho")
 
 
 class FNO(nn.Module):
@@ -147,7 +198,14 @@ class FNO(nn.Module):
         mesh = torch.meshgrid(*axes, indexing="ij")
         return torch.stack(mesh).unsqueeze(0).expand(x.shape[0], -1, *sizes)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _pads(self, sizes: Sequence[int]) -> list[int]:
+        return [_fft_length(n + int(math.ceil(self.padding * n))) - n if self.padding else 0 for n in sizes]
+
+    def forward(self, x: Field) -> Field:
+        """``(batch, in_channels, *grid)`` tensor -> ``(batch, out_channels, *grid)``; a GridTensor gives a GridTensor
+        on the same grid (domain-parallel)."""
+        if isinstance(x, GridTensor):
+            return self._forward_grid(x)
         if not isinstance(x, torch.Tensor) or x.dim() != self.dim + 2:
             raise ValueError(
                 f"this FNO is {self.dim}D and takes a (batch, channels, *{self.dim} sizes) tensor, but got "
@@ -159,7 +217,7 @@ class FNO(nn.Module):
         if self.positional:
             x = torch.cat([x, self._coords(x)], dim=1)
         v = self.lift(x)
-        pads = [_fft_length(n + int(math.ceil(self.padding * n))) - n if self.padding else 0 for n in sizes]
+        pads = self._pads(sizes)
         if any(pads):
             v = F.pad(v, [p for n in reversed(pads) for p in (0, n)])
         for i, (k, w) in enumerate(zip(self.spectral, self.pointwise)):
@@ -169,3 +227,28 @@ class FNO(nn.Module):
         if any(pads):
             v = v[(slice(None), slice(None)) + tuple(slice(0, n) for n in sizes)]
         return self.proj2(self._act(self.proj1(v)))
+
+    def _forward_grid(self, x: GridTensor) -> GridTensor:
+        grid = x.grid
+        if grid.ndim != self.dim or x.local.dim() != self.dim + 2:
+            raise ValueError(f"this FNO is {self.dim}D, but got a GridTensor on a {grid.ndim}D grid")
+        if x.local.shape[1] != self.in_channels:
+            raise ValueError(f"this FNO takes {self.in_channels} input channels, but got {x.local.shape[1]}")
+        h = x.local
+        if self.positional:  # this block's slice of the whole grid's coordinates
+            axes = [torch.linspace(0, 1, n, dtype=h.dtype, device=h.device)[sl]
+                    for n, sl in zip(grid.global_shape, grid.local_slices)]
+            coords = torch.stack(torch.meshgrid(*axes, indexing="ij")).unsqueeze(0)
+            h = torch.cat([h, coords.expand(h.shape[0], -1, *grid.local_shape)], dim=1)
+        v = GridTensor(self.lift(h), grid)
+        pads = self._pads(grid.global_shape)
+        if any(pads):  # zeros at the end of every axis: a repartition onto the larger grid
+            padded = ProcessGrid(grid.comm, [n + p for n, p in zip(grid.global_shape, pads)], dims=grid.dims)
+            v = redistribute(v, padded)
+        for i, (k, w) in enumerate(zip(self.spectral, self.pointwise)):
+            v = GridTensor(k(v).local + w(v.local), v.grid)
+            if i < self.num_layers - 1:
+                v = v.map(self._act)
+        if any(pads):
+            v = redistribute(v, grid)
+        return v.map(lambda t: self.proj2(self._act(self.proj1(t))))
