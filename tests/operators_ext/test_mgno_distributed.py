@@ -218,6 +218,7 @@ def test_domain_training_from_hdf5_equals_serial(ctx, tmp_path, monkeypatch):
                   {"test": HDF5Fields(path, fields, grid, samples=range(5, 7), dtype=torch.float64)})
     for p, q in zip(dist.module.parameters(), serial.module.parameters()):
         torch.testing.assert_close(p, q, rtol=1e-10, atol=1e-10)
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-10, atol=1e-12)  # the last step's summed gradient
     for a_rec, b_rec in zip(hd, hs):
         for k in ("train_loss", "test/rel_l2", "test/mse", "test/loss"):
             assert abs(a_rec[k] - b_rec[k]) <= 1e-10 * abs(b_rec[k]), (k, a_rec[k], b_rec[k])
