@@ -412,30 +412,20 @@ class DiffusionOperator(LinearOperator):
         return x.with_local(y) if isinstance(x, GridTensor) else y
 
     def _faces(self, x: Field, x4: torch.Tensor) -> list:
-        """The six neighbour planes of the (B, n0, n1, n2) block ``x4``: received from neighbouring ranks, the
-        opposite face on a periodic axis held by this rank alone, or None (zero)."""
+        """The six neighbour planes of the (B, n0, n1, n2) block ``x4``: received from neighbouring ranks through
+        the grid's exchange plan, the opposite face on a periodic axis held by this rank alone, or None (zero)."""
         nd, off = self.grid.ndim, 3 - self.grid.ndim
         faces: list = [None] * (2 * off)
+        periodic = [self.bc.faces[a][0] == "periodic" for a in range(nd)]
+        if isinstance(x, GridTensor):  # contiguous (B, C, .., 1, ..) slabs: the memory of x4's planes
+            modes = tuple("circular" if p else "zeros" for p in periodic)
+            for below, above in x.grid.exchange_plan(1, modes, x.local.dtype, x.local.device).faces(x.local):
+                faces += [below, above]
+            return faces
         for a in range(nd):
             k = a + off
-            first = x4.select(k + 1, 0)
-            last = x4.select(k + 1, x4.shape[k + 1] - 1)
-            periodic = self.bc.faces[a][0] == "periodic"
-            if not isinstance(x, GridTensor):
-                faces += [last.contiguous(), first.contiguous()] if periodic else [None, None]
-                continue
-            g = x.grid
-            lo, hi = g.neighbour(a, -1, periodic), g.neighbour(a, +1, periodic)
-            flo = first.new_empty(first.shape) if lo is not None else None
-            fhi = first.new_empty(first.shape) if hi is not None else None
-            send_last = last.contiguous() if hi is not None else None
-            send_first = first.contiguous() if lo is not None else None
-            if lo == g.rank and hi == g.rank:
-                flo, fhi = send_last, send_first
-            else:  # my last plane goes up while the lower neighbour's comes in; then the other way
-                g.comm.sendrecv(send_last, hi, flo, lo)
-                g.comm.sendrecv(send_first, lo, fhi, hi)
-            faces += [flo, fhi]
+            last, first = x4.select(k + 1, x4.shape[k + 1] - 1), x4.select(k + 1, 0)
+            faces += [last.contiguous(), first.contiguous()] if periodic[a] else [None, None]
         return faces
 
     def apply_into(self, x: Field, out: Field) -> Field:
