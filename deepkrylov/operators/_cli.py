@@ -234,6 +234,26 @@ def _check_train(args: argparse.Namespace) -> None:
         raise SystemExit(f"deepkrylov train {args.model}: " + "; ".join(bad))
 
 
+def _check_layout(args: argparse.Namespace, x: np.ndarray, y: np.ndarray, xs: Optional[np.ndarray],
+                  ys: Optional[np.ndarray]) -> None:
+    """The data fit the model: grid models need input and target on one grid (and the test set on a grid of the
+    same dimension), DeepONet needs (N, m) inputs and (N, P) targets of the same kind in both sets."""
+    sets = [(args.data, x, y)] + ([(args.test, xs, ys)] if args.test else [])
+    for path, a, b in sets:
+        if args.model == "deeponet":
+            if a.ndim != 2 or b.ndim != 2:
+                raise SystemExit(f"deepkrylov train deeponet: {path!r} holds inputs {a.shape[1:]} and targets "
+                                 f"{b.shape[1:]}; DeepONet takes (N, m) sensor values and (N, P) outputs (grid "
+                                 f"fields: use mgno, fno or converted-unet)")
+        elif a.shape[1:] != b.shape[1:]:
+            raise SystemExit(f"deepkrylov train {args.model}: {path!r} holds inputs on {a.shape[1:]} and targets on "
+                             f"{b.shape[1:]}; {args.model} maps a field to a field on the same grid (other data: "
+                             f"use deeponet)")
+    if args.test and (xs.ndim != x.ndim or (args.model == "deeponet" and xs.shape[1] != x.shape[1])):
+        raise SystemExit(f"deepkrylov train {args.model}: --test {args.test!r} holds inputs {xs.shape[1:]}, the "
+                         f"training data {x.shape[1:]}")
+
+
 def _build(args: argparse.Namespace, spec: dict[str, Any]) -> torch.nn.Module:
     """``build_model`` with a model's refusal of the data (e.g. MgNO's grid divisibility) as one clear line."""
     try:
@@ -422,6 +442,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         xs, ys, _ = load_arrays(args.test) if args.test else (None, None, None)
     except (KeyError, ValueError, FileNotFoundError) as err:
         raise SystemExit(f"deepkrylov train {args.model}: {err}")
+    _check_layout(args, x, y, xs, ys)
     if args.test:
         ntrain = x.shape[0] if args.ntrain is None else args.ntrain
     else:

@@ -116,6 +116,14 @@ def test_bad_input_is_named(darcy, tmp_path, monkeypatch) -> None:
            "multiple of 2**(levels-1) = 64", "use --levels 6 or fewer")
     _fails(["train", "mgno", "--data", "train.h5", "--levels", 3, "--resolutions", "8,6"],
            "--resolutions [8, 6]: every size must be a multiple of 2^(levels-1) = 4")
+    _fails(["train", "deeponet", "--data", "train.h5"], "'train.h5' holds inputs (32, 32)", "grid fields: use mgno")
+    import numpy as np
+
+    from deepkrylov.operators.data import save_dataset
+
+    save_dataset(str(tmp_path / "anti.h5"), {"u": np.ones((4, 20)), "s": np.ones((4, 30)), "y": np.ones(30)})
+    _fails(["train", "fno", "--data", tmp_path / "anti.h5"], "inputs on (20,) and targets on (30,)", "use deeponet")
+    _fails(["train", "fno", "--data", "train.h5", "--test", tmp_path / "anti.h5"], "inputs on (20,)")
     # a run: eval's checkpoint and data checks, resume of a damaged checkpoint
     run = tmp_path / "run"
     from deepkrylov.cli import main
@@ -127,10 +135,6 @@ def test_bad_input_is_named(darcy, tmp_path, monkeypatch) -> None:
     _fails(["eval", "--run", run, "--data", "notes.txt"], "'notes.txt' is not a readable HDF5 file")
     (run / "junk.pt").write_text("junk")
     _fails(["eval", "--run", run, "--data", "train.h5", "--checkpoint", "junk.pt"], "cannot load the weights")
-    import numpy as np
-
-    from deepkrylov.operators.data import save_dataset
-
     save_dataset(str(tmp_path / "b.h5"), {"a": np.ones((2, 32)), "u": np.ones((2, 32))})  # Burgers' layout, 1D
     _fails(["eval", "--run", run, "--data", tmp_path / "b.h5"], "holds 1D fields (32,)", "on 2D grids (32, 32)")
     (run / "last.pt").write_text("junk")
