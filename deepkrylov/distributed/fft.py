@@ -194,10 +194,10 @@ class _Plan:
             spec_shape[-1] = n[-1] // 2 + 1
         stages: list = []
         if nd == 1 and grid.size > 1:
-            dst = SpectralGrid(grid, real, spec_shape, grid.dims, [default_split(spec_shape[0], grid.size)])
             if grid.size > spec_shape[0]:
                 raise ValueError(f"a distributed {'r' if real else ''}fft of {n[0]} points on {grid.size} ranks leaves "
                                  f"{spec_shape[0]} wave numbers, fewer than the ranks; use fewer ranks")
+            dst = SpectralGrid(grid, real, spec_shape, grid.dims, [default_split(spec_shape[0], grid.size)])
             self.stages, self.spectral = [("gather", (0,), real, tuple(n), grid, dst)], dst
             return
         dims, splits = list(grid.dims), [tuple(s) for s in grid.splits]
