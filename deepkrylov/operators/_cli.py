@@ -124,9 +124,11 @@ def register(sub: Any, train_sub: Any) -> None:
             t.add_argument("--levels", type=int, default=6,
                            help="V-cycle levels (one smoothing step each, two on the coarsest) on the training grid, "
                                 "which must be divisible by 2^(levels-1); other grids: that grid times 2^k")
+        if name in ("mgno", "fno"):
             t.add_argument("--domain-parallel", action="store_true",
-                           help="under mpiexec: split each sample's grid over the ranks (GridTensor) instead of "
-                                "splitting the batches (DDP), for grids too large for one process")
+                           help="under mpiexec: split each sample's grid over the ranks (GridTensor; each rank reads "
+                                "only its block of every sample) instead of splitting the batches (DDP), for grids "
+                                "too large for one process")
         t.set_defaults(func=_cmd_train, model=name)
         tracked = tuple(o for o in _TRAIN_OPTIONS if name != "deeponet" or o not in _GRID_ONLY) + \
             _MODEL_OPTIONS[name] + ("ntrain",)
@@ -542,9 +544,11 @@ def _train_domain_parallel(args: argparse.Namespace, ctx: Any) -> int:
         raise SystemExit(f"deepkrylov train {args.model} --domain-parallel: {err}")
     train = HDF5Fields(args.data, fields, grid, samples=range(ntrain))
     test = HDF5Fields(args.test or args.data, test_fields, grid, samples=test_ids)
-    spec: dict[str, Any] = {"model": args.model, "ntrain": ntrain, "levels": args.levels, "width": args.width,
-                            "layers": args.layers, "modes": args.modes, "dim": len(shape), "resolution": list(shape),
-                            "normalization": list(_statistics(args.model, _block_statistics(train, ctx.comm)))}
+    spec: dict[str, Any] = {"model": args.model, "ntrain": ntrain}
+    if args.model == "mgno":
+        spec["levels"] = args.levels
+    spec.update(width=args.width, layers=args.layers, modes=args.modes, dim=len(shape), resolution=list(shape),
+                normalization=list(_statistics(args.model, _block_statistics(train, ctx.comm))))
     torch.manual_seed(args.seed)  # the initial weights depend on the seed only, as in the serial run
     model = _build(args, spec)
     return _run(args, ctx, spec, model, _train_config(args, len(shape)), train, test, grid=grid)

@@ -140,3 +140,22 @@ def test_bad_input_is_named(darcy, tmp_path, monkeypatch) -> None:
     (run / "last.pt").write_text("junk")
     _fails(["train", "fno", "--data", "train.h5", "--out", run, "--epochs", 2, "--resume"],
            "--resume: cannot read", "last.pt")
+
+
+def test_domain_parallel_path_on_one_rank_equals_the_plain_run(darcy, tmp_path) -> None:
+    """``train fno --domain-parallel`` in one process (HDF5 blocks of the whole grid, statistics from float64 block
+    sums, losses on GridTensors) follows the plain run up to float32 rounding; its model.json is the same."""
+    from deepkrylov.cli import main
+
+    common = ["train", "fno", "--data", str(darcy / "train.h5"), "--ntrain", "8", "--epochs", "2", "--batch-size",
+              "4", "--width", "4", "--modes", "3", "--layers", "1", "--loss", "h1"]
+    assert main(common + ["--out", str(tmp_path / "plain")]) == 0
+    assert main(common + ["--domain-parallel", "--out", str(tmp_path / "dp")]) == 0
+    plain, dp = ([json.loads(s) for s in (tmp_path / d / "metrics.jsonl").read_text().splitlines()]
+                 for d in ("plain", "dp"))
+    for a, b in zip(dp, plain):
+        for k in ("train_loss", "test/rel_l2", "test/mse"):
+            assert a[k] == pytest.approx(b[k], rel=1e-4), k
+    spec_dp, spec_plain = (json.loads((tmp_path / d / "model.json").read_text()) for d in ("dp", "plain"))
+    assert spec_dp.keys() == spec_plain.keys()
+    assert spec_dp["normalization"] == pytest.approx(spec_plain["normalization"], rel=1e-5)
