@@ -2,21 +2,30 @@
 
 Following "Principled Approaches for Extending Neural Architectures to Function Spaces" (NNs-to-NOs): every
 layer is read as a discretised operator on functions over a fixed physical domain, and re-discretised when the
-input grid is refined by an integer factor ``s`` (per axis) relative to the training grid:
+input grid has ``n = s n0`` cells per axis instead of the training grid's ``n0`` (``s`` rational: finer and
+coarser grids both run):
 
-* Convolutions (and transposed convolutions, pooling windows) are *local integral operators*: the kernel keeps
-  its physical footprint -- ``k`` taps become ``k'`` taps on the finer grid -- its values are interpolated as a
-  function of the physical offset and divided by the area ratio ``s`` per kernel axis (quadrature weights). The
-  stride stays in grid points, so every strided layer's output grid is refined by ``s`` too; padding grows by
-  ``(k' - k) / 2`` so windows stay centred. Two interpolations:
+* Convolutions and pooling windows are *local integral operators* with a fixed physical receptive field. The
+  stride stays in grid points, so every strided layer's output grid is scaled by ``s`` too (sizes must keep
+  every strided layer's output an integer; a bad size raises an error naming the sizes that work). Two
+  re-discretisations of a kernel:
 
-  - ``"constant"`` (default): the discrete kernel is a piecewise-constant function on cells of the training
-    grid; fine taps take the cell overlap (``k' = s k``, plus one for odd ``k`` and even ``s``). This keeps the
-    kernel's sum and first moment exactly, so the converted model's response to smooth inputs matches the
-    training-resolution model to ``O(h^2)``.
-  - ``"linear"``: the paper's recipe, ``k' = s k - s + 1`` vertex-centred taps, linear interpolation.
+  - ``"constant"`` (default): the discrete kernel is a piecewise-constant function on the training cells, placed
+    where it sat relative to its output cell -- a 3-tap stride-2 kernel sits half a training cell off that
+    cell's centre, and keeps that physical offset on every grid (kept in grid cells, the offset would shrink
+    with ``h``: a first-order inconsistency). Each new tap takes its cell's overlap with each training cell
+    (``k' = s k``, plus one for odd ``k`` and even ``s``; ``k`` wide windows cover ``k`` training cells on a
+    coarser grid too). This keeps the kernel's sum and first moment, so a converted layer applied to a smooth
+    function sampled at ``h``, ``h/2``, ``h/4`` approaches one limit at ``O(h^2)``, the training grid included.
+  - ``"linear"``: the paper's recipe for stride-1 layers refined by an integer ``s``: ``k' = s k - s + 1``
+    vertex-centred taps, linear interpolation, divided by ``s`` per axis (area ratio).
 
-  ``1``-tap axes are pointwise and never rescaled.
+  Max pooling is the maximum over the training taps of the cell averages there (the fine cells covering each
+  training cell are averaged first): the maximum over ever more fine samples would grow by ``O(h |grad|)``.
+  Transposed convolutions (integer refinement only) interpolate their kernel like ``"constant"``; a stride-``k``
+  ``k``-tap one paints a period-``k`` pattern that no operator reproduces on other grids (it tends to its
+  mean): models meant for conversion should upsample by interpolation, as :class:`UNet` does. ``1``-tap axes
+  are pointwise and never rescaled.
 * Positional embeddings are functions of the (cell-centred) token coordinates and are interpolated (linear per
   axis) onto the refined token grid; leading extra tokens (a class token) are kept.
 * Normalisation: batch/instance/group norm and LayerNorm over channels are already resolution-independent (means
@@ -516,9 +525,9 @@ def convert(
 
 
 class UNet(nn.Module):
-    """A plain torch.nn U-Net (3x3 conv + GroupNorm + GELU blocks, 2x max-pooling, 2x2 transposed-conv upsampling,
-    concatenated skips) -- an ordinary grid model, tied to nothing but ``2**depth``-divisible grids; the model that
-    ``converted_unet`` turns into an operator."""
+    """A plain torch.nn U-Net (3x3 conv + GroupNorm + GELU blocks, 2x max-pooling, 1x1 conv + 2x linear
+    upsampling, concatenated skips) -- an ordinary grid model, tied to nothing but ``2**depth``-divisible grids;
+    the model that ``converted_unet`` turns into an operator."""
 
     def __init__(self, in_channels: int = 1, out_channels: int = 1, width: int = 16, depth: int = 3, dim: int = 2,
                  padding_mode: str = "zeros") -> None:
