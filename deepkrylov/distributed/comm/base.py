@@ -115,20 +115,6 @@ class Comm(abc.ABC):
         within one buffer (see :class:`RegionExchange`); :meth:`ProcessGrid.exchange_plan` builds them."""
         return RegionExchange(self, messages)
 
-    def exchange_regions(self, buf: torch.Tensor, messages: list, add: bool = False, cache: Optional[dict] = None) -> None:
-        """One-off form of :meth:`exchange`: ``run`` on ``buf``, or with ``add`` the received regions added in
-        instead of copied; ``cache`` is a dict owned by the caller for the same ``messages``, where the executor is
-        kept between calls."""
-        if add:
-            RegionExchange(self, ())._move(buf, list(messages), add=True)
-            return
-        ex = cache.get("exchange") if cache is not None else None
-        if ex is None:
-            ex = self.exchange(messages)
-            if cache is not None:
-                cache["exchange"] = ex
-        ex.run(buf)
-
     # ---- identity ------------------------------------------------------------------------------------------
     def identity(self) -> tuple:
         """Two communicators with equal identities connect the same processes in the same order."""

@@ -7,7 +7,7 @@ from typing import Any, Optional, Sequence
 
 import torch
 
-from .base import Comm, _displs, _flat, _out, _write
+from .base import Comm, RegionExchange, _displs, _flat, _out, _write
 
 __all__ = ["TorchComm"]
 
@@ -124,6 +124,10 @@ class TorchComm(Comm):
             part.copy_(padded[p * width:p * width + part.numel()])
         return out if out is not None else dst
 
+    # ---- halo exchange -------------------------------------------------------------------------------------
+    def exchange(self, messages: Sequence[tuple]) -> RegionExchange:
+        return _TorchRegionExchange(self, messages)
+
     # ---- metadata ------------------------------------------------------------------------------------------
     def allgather_object(self, obj: Any) -> list:
         out: list = [None] * self.size
@@ -143,3 +147,32 @@ class TorchComm(Comm):
             self._abort_comm.abort(message, code)
         _write(message)
         os._exit(code)  # torchrun's agent then stops the other workers
+
+
+class _TorchRegionExchange(RegionExchange):
+    """All messages of the list in one ``batch_isend_irecv`` (one wait instead of one per message), each tagged with
+    its index so that two messages between the same pair of ranks (two ranks, periodic) stay apart. Contiguous
+    regions are received in place; the rest through a staging buffer."""
+
+    comm: TorchComm
+
+    def _move(self, buf: torch.Tensor, messages: list, add: bool) -> None:
+        comm = self.comm
+        dist, ops, staged = comm._dist, [], []
+        for tag, (send_index, dest, recv_index, source) in enumerate(messages):
+            if dest is None and source is None:
+                continue
+            send, recv = buf[send_index], buf[recv_index]
+            if dest == comm.rank and source == comm.rank:
+                recv.add_(send) if add else recv.copy_(send)
+                continue
+            if dest is not None:
+                ops.append(dist.P2POp(dist.isend, send.contiguous(), dest, tag=tag))
+            if source is not None:
+                rbuf = recv if (recv.is_contiguous() and not add) else torch.empty(recv.shape, dtype=recv.dtype, device=recv.device)
+                ops.append(dist.P2POp(dist.irecv, rbuf, source, tag=tag))
+                staged.append((recv, rbuf))
+        comm._p2p(ops)
+        for recv, rbuf in staged:
+            if rbuf is not recv:
+                recv.add_(rbuf) if add else recv.copy_(rbuf)
