@@ -3,13 +3,14 @@
 Run ``python benchmarks/fft.py`` (it launches itself under ``mpiexec -n N`` for each N of ``--ranks``), or directly
 ``mpiexec -n N python benchmarks/fft.py --worker``. Prints a table and writes ``benchmarks/results/fft.json``.
 
-- ``roundtrip``: ``irfftn(rfftn(x))`` of a float64 ``(1, 1, n, n, n)`` GridTensor on the default process grid (the
-  slowest rank's time, median over repetitions), its all-to-all share (the repartitions alone), and on one rank
-  ``torch.fft.irfftn(torch.fft.rfftn(x))`` on the whole tensor;
+- ``roundtrip``: ``irfftn(rfftn(x))`` of a float64 ``(1, 1, n, n, n)`` GridTensor on the default process grid
+  (the slowest rank's time, median and minimum over repetitions), its all-to-all share (the repartitions alone),
+  and on one rank ``torch.fft.irfftn(torch.fft.rfftn(x))`` on the whole tensor;
 - ``alltoall``: one repartition of a complex128 ``(n, n, n)`` field from a slab split along the first axis to one
   along the second (what the FFT does), through :func:`deepkrylov.distributed.redistribute`, for both engines:
-  ``bytes_per_rank`` (the block), ``bytes_sent_per_rank`` (to other ranks), ``messages_per_rank`` and seconds.
-  These rows are for fitting ``t = alpha * messages + beta * bytes_sent``.
+  ``bytes_per_rank`` (the block), ``bytes_sent_per_rank`` (to other ranks), ``messages_per_rank``, ``seconds``
+  (median) and ``seconds_min``. These rows are for fitting ``t = alpha * messages + beta * bytes_sent`` (use the
+  minima on a shared machine).
 
 All timings use 1 thread per rank.
 """
@@ -32,16 +33,24 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 
 
-def _time(fn, comm, reps: int) -> float:
-    """Median over ``reps`` of the slowest rank's time for one call (after one warm-up call)."""
-    fn()
-    samples = []
-    for _ in range(reps):
-        comm.barrier()
-        t0 = time.perf_counter()
+def _time(fn, comm, reps: int) -> tuple[float, float]:
+    """Median and minimum over ``reps`` of the slowest rank's time for one call (after one warm-up call)."""
+    return _time_interleaved([fn], comm, reps)[0]
+
+
+def _time_interleaved(fns, comm, reps: int) -> list[tuple[float, float]]:
+    """Like :func:`_time` for several functions run in turn within each repetition, so that they see the same
+    machine state (a shared VM's speed drifts over seconds)."""
+    for fn in fns:
         fn()
-        samples.append(max(comm.allgather_object(time.perf_counter() - t0)))
-    return statistics.median(samples)
+    samples: list[list[float]] = [[] for _ in fns]
+    for _ in range(reps):
+        for fn, out in zip(fns, samples):
+            comm.barrier()
+            t0 = time.perf_counter()
+            fn()
+            out.append(max(comm.allgather_object(time.perf_counter() - t0)))
+    return [(statistics.median(x), min(x)) for x in samples]
 
 
 def worker(sizes: list[int], a2a_sizes: list[int], reps: int, backend: str) -> None:
@@ -60,7 +69,14 @@ def worker(sizes: list[int], a2a_sizes: list[int], reps: int, backend: str) -> N
             plan = _plan(grid, True)
             moves = [st for st in plan.stages if st[0] == "move"]
             with torch.no_grad():
-                t_dist = _time(lambda: irfftn(rfftn(x)), comm, reps)
+                def serial():
+                    return torch.fft.irfftn(torch.fft.rfftn(full, dim=(2, 3, 4)), s=(n, n, n), dim=(2, 3, 4))
+
+                t_serial = (None, None)
+                if comm.size == 1:  # torch.fft on the whole tensor, interleaved with ours
+                    t_dist, t_serial = _time_interleaved([lambda: irfftn(rfftn(x)), serial], comm, reps)
+                else:
+                    t_dist = _time(lambda: irfftn(rfftn(x)), comm, reps)
                 spec = rfftn(x).local
                 blocks = {}
 
@@ -70,17 +86,15 @@ def worker(sizes: list[int], a2a_sizes: list[int], reps: int, backend: str) -> N
                         b = _Repartition.apply(a, s, d, (0, 0, 0))
                         _Repartition.apply(b, d, s, (0, 0, 0))
 
-                t_moves = _time(moves_only, comm, reps) if moves else 0.0
-                t_serial = None
-                if comm.size == 1:
-                    t_serial = _time(lambda: torch.fft.irfftn(torch.fft.rfftn(full, dim=(2, 3, 4)), s=(n, n, n),
-                                                              dim=(2, 3, 4)), comm, reps)
+                t_moves = _time(moves_only, comm, reps) if moves else (0.0, 0.0)
             rows.append({"n": n, "ranks": comm.size, "dims": list(grid.dims), "alltoalls": 2 * len(moves),
-                         "roundtrip_s": t_dist, "alltoall_share_s": t_moves, "torch_fft_1process_s": t_serial})
+                         "roundtrip_s": t_dist[0], "roundtrip_min_s": t_dist[1],
+                         "alltoall_share_s": t_moves[0], "alltoall_share_min_s": t_moves[1],
+                         "torch_fft_1process_s": t_serial[0], "torch_fft_1process_min_s": t_serial[1]})
             if comm.rank == 0:
-                extra = f"  torch.fft {t_serial * 1e3:8.1f} ms" if t_serial is not None else ""
-                print(f"roundtrip {n:>4}^3 ranks {comm.size} dims {grid.dims}: {t_dist * 1e3:8.1f} ms "
-                      f"(all-to-all {t_moves * 1e3:7.1f} ms){extra}", flush=True)
+                extra = f"  torch.fft {t_serial[0] * 1e3:8.1f} ms" if t_serial[0] is not None else ""
+                print(f"roundtrip {n:>4}^3 ranks {comm.size} dims {grid.dims}: {t_dist[0] * 1e3:8.1f} ms "
+                      f"(min {t_dist[1] * 1e3:.1f}; all-to-all {t_moves[0] * 1e3:7.1f} ms){extra}", flush=True)
     for n in a2a_sizes:
         if n < comm.size:
             continue
@@ -88,16 +102,17 @@ def worker(sizes: list[int], a2a_sizes: list[int], reps: int, backend: str) -> N
         dst = ProcessGrid(ctx, (n, n, n), dims=(1, comm.size, 1))
         x = GridTensor(torch.randn((1, 1) + src.local_shape, dtype=torch.complex128), src)
         with torch.no_grad():
-            t = _time(lambda: redistribute(x, dst), comm, reps if n <= 64 else max(3, reps // 2))
+            t, t_min = _time(lambda: redistribute(x, dst), comm, reps if n <= 64 else max(5, (2 * reps) // 3))
         mine = [s for s in src.local_slices]
         keep = dst.local_slices_of(comm.rank)
         self_part = 16 * (mine[0].stop - mine[0].start) * (keep[1].stop - keep[1].start) * n
         nbytes = x.local.numel() * 16
         a2a.append({"engine": backend, "ranks": comm.size, "n": n, "bytes_per_rank": nbytes,
-                    "bytes_sent_per_rank": nbytes - self_part, "messages_per_rank": comm.size - 1, "seconds": t})
+                    "bytes_sent_per_rank": nbytes - self_part, "messages_per_rank": comm.size - 1, "seconds": t,
+                    "seconds_min": t_min})
         if comm.rank == 0:
             print(f"alltoall {backend:>5} ranks {comm.size} {n:>4}^3 complex128: {nbytes / 1e6:8.3f} MB/rank "
-                  f"({(nbytes - self_part) / 1e6:8.3f} MB sent) {t * 1e3:9.3f} ms", flush=True)
+                  f"({(nbytes - self_part) / 1e6:8.3f} MB sent) {t * 1e3:9.3f} ms (min {t_min * 1e3:.3f})", flush=True)
     if comm.rank == 0:
         out = RESULTS / f"fft_np{comm.size}_{backend}.json"
         out.write_text(json.dumps({"roundtrip": rows, "alltoall": a2a}))
@@ -112,14 +127,19 @@ def main() -> None:
     parser.add_argument("--ranks", type=int, nargs="+", default=[1, 2, 4])
     parser.add_argument("--roundtrip-ranks", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--engines", nargs="+", default=["mpi", "torch"])
-    parser.add_argument("--reps", type=int, default=10)
+    parser.add_argument("--reps", type=int, default=15)
     parser.add_argument("--backend", default="mpi", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         worker(args.sizes, args.alltoall_sizes, args.reps, args.backend)
         return
     merged: dict = {"host": platform.node(), "torch": torch.__version__, "threads_per_rank": 1,
-                    "dtype": "float64 field, complex128 spectrum", "roundtrip": [], "alltoall": []}
+                    "dtype": "float64 field, complex128 spectrum",
+                    "note": "times are the slowest rank's, median (and *_min: minimum) over repetitions, on a VM "
+                            "shared with other jobs: medians carry scheduling delays of ranks that wait for a core, "
+                            "the minimum is closest to the machine's own latency and bandwidth",
+                    "load_average_1min_at_start": os.getloadavg()[0], "cpus": os.cpu_count(),
+                    "roundtrip": [], "alltoall": []}
     for n in args.ranks:
         for engine in args.engines:
             sizes = args.sizes if (engine == "mpi" and n in args.roundtrip_ranks) else []
@@ -133,6 +153,7 @@ def main() -> None:
             part.unlink()
             merged["roundtrip"] += got["roundtrip"]
             merged["alltoall"] += got["alltoall"]
+    merged["load_average_1min_at_end"] = os.getloadavg()[0]
     (RESULTS / "fft.json").write_text(json.dumps(merged, indent=2))
     print(f"wrote {RESULTS / 'fft.json'}")
 

@@ -22,8 +22,10 @@ stage of ``rfftn`` a block is a complex half spectrum, about the input block's b
 ``b*c*n^(d-1)*(n/2+1)/P`` complex128 out), so the peak is about four times the input's bytes. Autograd saves
 nothing for the FFTs and repartitions (they are linear).
 
-A 1D grid split over ranks has no second axis to move its ranks to: its line is gathered on every rank (memory ``n``
-per rank, fine for 1D fields) and each rank keeps its block of the spectrum.
+A 1D grid of ``n = n1 * n2`` points split over ``P`` ranks (``n1, n2 >= P``) runs the four-step algorithm on the
+``n1 x n2`` view: FFTs of length ``n1``, twiddle factors, FFTs of length ``n2``, three all-to-alls; its spectrum is in
+natural order, in blocks of multiples of ``n1`` (the half spectrum of ``rfftn`` in default blocks). A 1D length with
+no such factors (a prime) is gathered on every rank instead (memory ``n`` per rank).
 
 Example (``mpiexec -n 4 python example.py``)::
 
@@ -182,8 +184,9 @@ class _GatherSum(torch.autograd.Function):
 
 # ---- plans ----------------------------------------------------------------------------------------------------------
 class _Plan:
-    """Stages from the physical layout to the spectral one: ("fft", axes, real, sizes) or ("move", src, dst) or
-    ("gather", axes, real, sizes, src, dst) (1D over several ranks)."""
+    """Stages from the physical layout to the spectral one: ("fft", axes, real, sizes) or ("move", src, dst); a 1D
+    grid over several ranks has one ("fourstep", _FourStep) or, for a length without factors, one
+    ("gather", axes, real, sizes, src, dst)."""
 
     def __init__(self, grid: ProcessGrid, real: bool) -> None:
         self.physical, self.real = grid, real
@@ -197,6 +200,10 @@ class _Plan:
             if grid.size > spec_shape[0]:
                 raise ValueError(f"a distributed {'r' if real else ''}fft of {n[0]} points on {grid.size} ranks leaves "
                                  f"{spec_shape[0]} wave numbers, fewer than the ranks; use fewer ranks")
+            four = _FourStep.make(grid, real)
+            if four is not None:
+                self.stages, self.spectral = [("fourstep", four)], four.spectral
+                return
             dst = SpectralGrid(grid, real, spec_shape, grid.dims, [default_split(spec_shape[0], grid.size)])
             self.stages, self.spectral = [("gather", (0,), real, tuple(n), grid, dst)], dst
             return
@@ -245,6 +252,79 @@ class _Plan:
         return max(pool, key=lambda b: (shape[b] // (dims[b] * f), -b))
 
 
+class _FourStep:
+    """A 1D transform of length ``n = n1 * n2`` on ``P`` ranks as a 2D one: index ``N2 * a + b`` of the line is
+    entry ``(a, b)`` of an ``n1 x n2`` array, wave number ``k1 + n1 * k2`` comes from entry ``(k1, k2)``, and
+    ``X[k1 + n1 k2] = sum_b w^(b k1) e^(-2 pi i b k2 / n2) sum_a x[n2 a + b] e^(-2 pi i a k1 / n1)``, ``w`` the
+    ``n``-th root of unity."""
+
+    def __init__(self, grid: ProcessGrid, real: bool, n1: int, n2: int) -> None:
+        p, n, comm = grid.size, n1 * n2, grid.comm
+        self.real, self.n, self.n1, self.n2, self.grid = real, n, n1, n2, grid
+        rows, cols = default_split(n1, p), default_split(n2, p)
+        self.line_rows = ProcessGrid(comm, (n,), (p,), splits=[tuple(r * n2 for r in rows)])  # whole rows of x
+        self.by_rows = ProcessGrid(comm, (n1, n2), (p, 1), splits=[rows, (n2,)])
+        self.by_cols = ProcessGrid(comm, (n1, n2), (1, p), splits=[(n1,), cols])
+        spec = [tuple(c * n1 for c in cols)]
+        if real:  # the half spectrum in default blocks, cropped from the full one
+            self.full = ProcessGrid(comm, (n,), (p,), splits=spec)
+            self.spectral = SpectralGrid(grid, True, (n // 2 + 1,), (p,), [default_split(n // 2 + 1, p)])
+        else:
+            self.full = self.spectral = SpectralGrid(grid, False, (n,), (p,), spec)
+
+    @staticmethod
+    def make(grid: ProcessGrid, real: bool) -> Optional["_FourStep"]:
+        n, p = grid.global_shape[0], grid.size
+        pairs = [(d, n // d) for d in range(p, n // p + 1) if n % d == 0]
+        if not pairs:
+            return None
+        n1, n2 = min(pairs, key=lambda f: abs(f[0] - f[1]))
+        return _FourStep(grid, real, n1, n2)
+
+    def _twiddle(self, y: torch.Tensor, sign: float) -> torch.Tensor:
+        """``y (b, c, n1, cols)`` on ``by_cols`` times ``w^(sign * k1 * b)`` for this rank's columns ``b``."""
+        cols = self.by_cols.local_slices[1]
+        k1 = torch.arange(self.n1, dtype=torch.float64, device=y.device)[:, None]
+        b = torch.arange(cols.start, cols.stop, dtype=torch.float64, device=y.device)[None, :]
+        phase = (k1 * b) % self.n * (sign * 2.0 * math.pi / self.n)
+        return y * torch.polar(torch.ones_like(phase), phase).to(y.dtype)
+
+    def run(self, x: torch.Tensor, to_spectrum: bool, inverse: bool, norm: Norm) -> torch.Tensor:
+        zero1, zero2 = (0,), (0, 0)
+        lead = tuple(x.shape[:2])
+        fft = torch.fft.ifft if inverse else torch.fft.fft
+        sign = 1.0 if inverse else -1.0
+        if to_spectrum:
+            if not x.is_complex():
+                x = x.to(torch.promote_types(x.dtype, torch.complex64))
+            y = _Repartition.apply(x.contiguous(), self.grid, self.line_rows, zero1)
+            y = y.reshape(lead + self.by_rows.local_shape)
+            y = _Repartition.apply(y, self.by_rows, self.by_cols, zero2)
+            y = self._twiddle(fft(y, dim=2, norm=norm), sign)
+            y = _Repartition.apply(y.contiguous(), self.by_cols, self.by_rows, zero2)
+            y = fft(y, dim=3, norm=norm)
+            y = _Repartition.apply(y.contiguous(), self.by_rows, self.by_cols, zero2)
+            y = y.transpose(2, 3).reshape(lead + self.full.local_shape)
+            if self.real:
+                y = _Repartition.apply(y, self.full, self.spectral, zero1)
+            return y
+        if self.real:  # Re(ifft) of the half spectrum with the weights of the wave numbers it stands for
+            k = torch.arange(self.n // 2 + 1, device=x.device)[self.spectral.local_slices[0]]
+            twice = (k > 0) & (2 * k != self.n)
+            x = _Repartition.apply((x * torch.where(twice, 2.0, 1.0).to(x.real.dtype)).contiguous(), self.spectral,
+                                   self.full, zero1)
+        elif not x.is_complex():
+            x = x.to(torch.promote_types(x.dtype, torch.complex64))
+        y = x.reshape(lead + (self.by_cols.local_shape[1], self.n1)).transpose(2, 3).contiguous()
+        y = _Repartition.apply(y, self.by_cols, self.by_rows, zero2)
+        y = fft(y, dim=3, norm=norm)
+        y = _Repartition.apply(y.contiguous(), self.by_rows, self.by_cols, zero2)
+        y = fft(self._twiddle(y, sign), dim=2, norm=norm)
+        y = _Repartition.apply(y.contiguous(), self.by_cols, self.by_rows, zero2)
+        y = _Repartition.apply(y.reshape(lead + self.line_rows.local_shape), self.line_rows, self.grid, zero1)
+        return y.real if self.real else y
+
+
 _PLANS: dict = {}
 
 
@@ -287,6 +367,8 @@ def _run(x: torch.Tensor, plan: _Plan, to_spectrum: bool, inverse: bool, norm: N
             x = _Repartition.apply(x.contiguous(), src, dst, zero)
         elif st[0] == "fft":
             x = _fft(x, st[1], st[2], st[3], to_spectrum, inverse, norm)
+        elif st[0] == "fourstep":
+            x = st[1].run(x, to_spectrum, inverse, norm)
         else:  # gather (1D on several ranks)
             _, axes, real, sizes, src, dst = st
             src, dst = (src, dst) if to_spectrum else (dst, src)

@@ -51,7 +51,8 @@ CASES = [
     ((7, 6, 9), "last"),
     ((9, 10), "slab"),
     ((9, 10), "last"),
-    ((11,), "slab"),
+    ((20,), "slab"),  # 1D: the four-step algorithm (4 x 5)
+    ((11,), "slab"),  # 1D, a prime length: gathered
 ]
 IDS = [f"{'x'.join(map(str, s))}-{lay}" for s, lay in CASES]
 
