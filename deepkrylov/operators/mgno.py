@@ -10,16 +10,24 @@ in every mode, as in the authors' code.
 
 Resolution. A 3x3 stencil has no physical size: the authors' cycle, run on a finer grid, shrinks every level's
 receptive field and its coarsest grid by the same factor, so the learned operator changes with the grid (trained
-on Darcy 64, relative L2 0.03 at 64 but 0.5 at 128). With ``resolution=n0`` (the training grid) the V-cycle's
-levels are physical scales instead: its finest level has spacing ``1/n0`` and its coarsest ``2**(levels-1)/n0``
-on every input grid. An input at ``n0 * 2**k`` gains ``k`` levels above the learned ones that only transfer --
-cell averages down (exact on the cell-centred grids of :mod:`deepkrylov.mesh`), cell-centred bilinear
-interpolation up -- while the 1x1 skip, activation and head act on the input grid itself; an input at
-``n0 / 2**k`` (not coarser than the coarsest level) is interpolated up to the learned finest level and averaged
-back. This is FNO's mode truncation in multigrid form: one discretisation of one operator, converging as the
-grid is refined (``tests/operators_ext/test_mgno.py``). It adds no parameters. Grid sizes: ``n0 * 2**k``; with
-``resolution=None`` (the authors' model) any multiple of ``2**(levels-1)``; other sizes raise an error naming
-the nearest valid ones.
+on Darcy 64, relative L2 0.03 at 64 but 0.5 at 128). With ``resolution=n0`` (the training grid) the levels are
+physical scales instead: the learned finest level has spacing ``1/n0`` and the coarsest ``2**(levels-1)/n0`` on
+every input grid. An input at ``n0 * 2**k`` gains ``k`` levels above the learned ones that only transfer -- cell
+averages down (exact on the cell-centred grids of :mod:`deepkrylov.mesh`), cell-centred bilinear interpolation up;
+an input at ``n0 / 2**k`` (not coarser than the coarsest level) is interpolated up to the learned finest level
+and averaged back. ``resample="model"`` (default) places these transfers around the whole network: the 1x1 skips,
+activations and head belong to the learned finest level. ``resample="layer"`` places them around each V-cycle
+(:class:`MgConv` does this by itself) and runs the pointwise path on the input grid; trained on Darcy 64 that
+was less consistent (relative L2 0.098 at 64, 0.16 at 128 and 256, against 0.098/0.10/0.11 with "model"):
+the trained network relies on grid-scale interplay of its skip path and its finest V-cycle level. Either way the
+model is one discretisation of one operator and converges as the grid is refined (``test_mgno.py``); no
+parameters are added. Grid sizes: ``n0 * 2**k``; with ``resolution=None`` (the authors' model) any multiple of
+``2**(levels-1)``; other sizes raise an error naming the nearest valid ones.
+
+Output level. ``head_bias=True`` (default; the authors' head has no bias) gives the output's constant level a
+parameter of its own. On Darcy the relative H1 loss weighs ``|e|^2`` ~20x less than ``|grad e|^2``, so the
+constant level is the one the loss hardly constrains; see also :meth:`Normalized.uncentered
+<deepkrylov.operators.normalization.Normalized.uncentered>`, the normalisation that keeps Darcy's boundary value.
 
 Initialisation. ``transfer_init="multigrid"`` (the default) starts every learned restriction and prolongation as
 the cell-centred multigrid transfer of each channel (2x2 average inside the 3x3 stride-2 kernel; the
@@ -35,9 +43,9 @@ All convolutions are :mod:`deepkrylov.distributed` Halo layers: the model accept
 convolution, strided restriction on uneven blocks, prolongation onto the finer level's grid).
 
 The authors' Darcy "rough" model -- ``MgNO(in_channels=1, out_channels=1, channels=24, num_layers=4,
-iterations=[[1, 0]] * 5 + [[2, 0]], transfer_init="random")`` -- has 572,661 parameters: 3x3/4x4 V-cycle
-convolutions without bias, 1x1 skip convolutions with bias, a 1x1 head without bias. ``resolution`` and
-``transfer_init`` do not change that count.
+iterations=[[1, 0]] * 5 + [[2, 0]], transfer_init="random", head_bias=False)`` -- has 572,661 parameters:
+3x3/4x4 V-cycle convolutions without bias, 1x1 skip convolutions with bias, a 1x1 head without bias (``head_bias=False``; one
+more parameter with it). ``resolution``, ``resample`` and ``transfer_init`` do not change the count.
 """
 
 from __future__ import annotations
@@ -158,6 +166,26 @@ def _interpolate_up(x: Field, dim: int, mode: str, grid: Optional[ProcessGrid] =
     for _ in range(dim - 1):
         k = torch.tensordot(k, k1, dims=0)
     return _fixed_conv(near, k.expand((c, 1) + (3,) * dim).contiguous(), 1, 1, mode)
+
+
+def _to_grid(f: Field, k: int, dim: int, mode: str) -> tuple[Field, list[Optional[ProcessGrid]]]:
+    """``f`` on the grid ``2**k`` times coarser (cell averages; ``k < 0``: interpolated), and the grids passed."""
+    grids: list[Optional[ProcessGrid]] = []
+    for _ in range(k):
+        grids.append(f.grid if isinstance(f, GridTensor) else None)
+        f = _average_down(f, dim)
+    for _ in range(-k):
+        f = _interpolate_up(f, dim, mode)
+    return f, grids
+
+
+def _from_grid(u: Field, k: int, dim: int, mode: str, grids: list[Optional[ProcessGrid]]) -> Field:
+    """The inverse transfer of :func:`_to_grid`: interpolated back up (or averaged back down)."""
+    for _ in range(-k):
+        u = _average_down(u, dim)
+    for g in reversed(grids):
+        u = _interpolate_up(u, dim, mode, g)
+    return u
 
 
 def _multigrid_transfer_init(restrict: Sequence[nn.Module], prolong: Sequence[nn.Module], dim: int) -> None:
@@ -288,18 +316,8 @@ class MgConv(nn.Module):
         k = self.octaves(f.shape[2:])
         if k == 0:
             return self._cycle(f)
-        grids: list[Optional[ProcessGrid]] = []
-        for _ in range(k):
-            grids.append(f.grid if isinstance(f, GridTensor) else None)
-            f = _average_down(f, self.dim)
-        for _ in range(-k):
-            f = _interpolate_up(f, self.dim, self.padding_mode)
-        u = self._cycle(f)
-        for _ in range(-k):
-            u = _average_down(u, self.dim)
-        for g in reversed(grids):
-            u = _interpolate_up(u, self.dim, self.padding_mode, g)
-        return u
+        f, grids = _to_grid(f, k, self.dim, self.padding_mode)
+        return _from_grid(self._cycle(f), k, self.dim, self.padding_mode, grids)
 
     def _cycle(self, f: Field) -> Field:
         us: list[Field] = []
@@ -345,6 +363,10 @@ class MgNO(nn.Module):
         resolution: the training grid (int, or one per axis): the V-cycles' learned levels keep their physical
             scale on every grid ``resolution * 2**k`` (module docstring). None: the authors' grid-tied cycle.
         transfer_init: ``multigrid`` (default) or ``random`` (the authors') initial restrictions/prolongations.
+        head_bias: a bias (initially 0) in the 1x1 head: the output's constant level as one parameter (module
+            docstring); the authors' head has none.
+        resample: where a grid other than ``resolution`` is transferred to it and back: ``model`` (around the
+            whole network, default) or ``layer`` (around each V-cycle; skips and activations on the input grid).
 
     Shape:
         ``(batch, in_channels, *spatial)`` tensor or GridTensor, every spatial size ``resolution * 2**k`` (not
@@ -356,7 +378,7 @@ class MgNO(nn.Module):
         self, in_channels: int = 1, out_channels: int = 1, channels: int = 24, num_layers: int = 4,
         iterations: Sequence[Sequence[int]] = DARCY_ROUGH_ITERATIONS, dim: int = 2, padding_mode: str = "zeros",
         activation: str = "gelu", bias: bool = False, resolution: Union[None, int, Sequence[int]] = None,
-        transfer_init: str = "multigrid",
+        transfer_init: str = "multigrid", head_bias: bool = True, resample: str = "model",
     ) -> None:
         super().__init__()
         if activation not in _ACTIVATIONS:
@@ -370,8 +392,11 @@ class MgNO(nn.Module):
         self.iterations = _check_iterations(iterations)
         self.dim, self.in_channels, self.out_channels = dim, in_channels, out_channels
         self.channels, self.num_layers, self.padding_mode = channels, num_layers, padding_mode
-        self.activation, self.bias, self.transfer_init = activation, bias, transfer_init
+        self.activation, self.bias, self.transfer_init, self.head_bias = activation, bias, transfer_init, head_bias
         self.resolution = _check_resolution(resolution, dim, len(self.iterations))
+        if resample not in ("layer", "model"):
+            raise ValueError(f"resample must be 'layer' or 'model', but got {resample!r}")
+        self.resample = resample
         self._act = _ACTIVATIONS[activation]
         Conv = _CONV[dim]
         self.mg = nn.ModuleList(
@@ -380,7 +405,9 @@ class MgNO(nn.Module):
             for i in range(num_layers)
         )
         self.skip = nn.ModuleList(Conv(in_channels if i == 0 else channels, channels, 1) for i in range(num_layers))
-        self.head = Conv(channels, out_channels, 1, bias=False)
+        self.head = Conv(channels, out_channels, 1, bias=head_bias)
+        if head_bias:
+            nn.init.zeros_(self.head.bias)
 
     @property
     def levels(self) -> int:
@@ -393,7 +420,7 @@ class MgNO(nn.Module):
             "num_layers": self.num_layers, "iterations": [list(i) for i in self.iterations], "dim": self.dim,
             "padding_mode": self.padding_mode, "activation": self.activation, "bias": self.bias,
             "resolution": None if self.resolution is None else list(self.resolution),
-            "transfer_init": self.transfer_init,
+            "transfer_init": self.transfer_init, "head_bias": self.head_bias, "resample": self.resample,
         }
 
     def check_input(self, x: Field) -> None:
@@ -409,7 +436,8 @@ class MgNO(nn.Module):
 
     def forward(self, x: Field) -> Field:
         self.check_input(x)
-        u = x
+        k = self.mg[0].octaves(x.shape[2:]) if self.resample == "model" else 0
+        u, grids = _to_grid(x, k, self.dim, self.padding_mode)
         for mg, skip in zip(self.mg, self.skip):
             u = _apply(self._act, mg(u) + skip(u))
-        return self.head(u)
+        return _from_grid(self.head(u), k, self.dim, self.padding_mode, grids)

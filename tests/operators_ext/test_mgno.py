@@ -11,13 +11,14 @@ from deepkrylov.operators.mgno import DARCY_ROUGH_ITERATIONS, MgConv, MgNO
 
 
 def test_darcy_rough_parameter_count():
+    # the authors' Darcy model: no head bias, torch's initialisation, the cycle tied to the input grid
     model = MgNO(in_channels=1, out_channels=1, channels=24, num_layers=4, iterations=[[1, 0]] * 5 + [[2, 0]],
-                 transfer_init="random")
+                 transfer_init="random", head_bias=False)
     assert sum(p.numel() for p in model.parameters()) == 572_661
     assert tuple(DARCY_ROUGH_ITERATIONS) == ((1, 0),) * 5 + ((2, 0),)
-    assert sum(p.numel() for p in MgNO().parameters()) == 572_661
-    # the resolution-consistent model (the CLI's) keeps the authors' parameterisation
-    assert sum(p.numel() for p in MgNO(resolution=64).parameters()) == 572_661
+    assert sum(p.numel() for p in MgNO(head_bias=False).parameters()) == 572_661
+    # the resolution-consistent model (the CLI's) adds only the head's bias
+    assert sum(p.numel() for p in MgNO(resolution=64).parameters()) == 572_662
     assert MgNO(resolution=64).config()["resolution"] == [64, 64]
 
 
@@ -56,11 +57,29 @@ def test_mgconv_at_its_own_grid_is_the_authors_cycle():
     torch.testing.assert_close(mg(f), tied(f), rtol=0, atol=0)
     # on twice the grid: the cycle of the cell averages, interpolated back (cell-centred, zero outside)
     f2 = torch.randn(1, 2, 32, 32, dtype=torch.float64)
-    coarse = tied(F.avg_pool2d(f2, 2))
-    up = coarse.repeat_interleave(2, 2).repeat_interleave(2, 3)
-    k1 = torch.tensor([0.25, 0.5, 0.25], dtype=torch.float64)
-    k = torch.outer(k1, k1).expand(3, 1, 3, 3)
-    torch.testing.assert_close(mg(f2), F.conv2d(up, k, padding=1, groups=3))
+    torch.testing.assert_close(mg(f2), _interp(tied(F.avg_pool2d(f2, 2))))
+
+
+def _interp(v: torch.Tensor) -> torch.Tensor:
+    """Cell-centred bilinear interpolation onto the grid twice as fine, zero outside (3/4 own cell, 1/4 neighbour)."""
+    k1 = torch.tensor([0.25, 0.5, 0.25], dtype=v.dtype)
+    up = v.repeat_interleave(2, 2).repeat_interleave(2, 3)
+    return F.conv2d(up, torch.outer(k1, k1).expand(v.shape[1], 1, 3, 3), padding=1, groups=v.shape[1])
+
+
+def test_whole_model_resampling():
+    # resample="model" (default): on a grid 2**k times the training grid the whole network runs on the training
+    # grid (cell averages in, cell-centred interpolation out; coarser grids: interpolated in, averaged out);
+    # resample="layer": only the V-cycles do
+    torch.manual_seed(7)
+    net = MgNO(1, 1, channels=3, num_layers=2, iterations=[[1, 0]] * 3, resolution=8).double()
+    x = torch.randn(2, 1, 16, 16, dtype=torch.float64)
+    with torch.no_grad():
+        torch.testing.assert_close(net(x), _interp(net(F.avg_pool2d(x, 2))))
+        x4 = x[..., ::4, ::4]
+        torch.testing.assert_close(net(x4), F.avg_pool2d(net(_interp(x4)), 2))
+        net.resample = "layer"
+        assert not torch.allclose(net(x), _interp(net(F.avg_pool2d(x, 2))))
 
 
 def test_multigrid_initial_transfers():
