@@ -44,8 +44,9 @@ convolution, strided restriction on uneven blocks, prolongation onto the finer l
 
 The authors' Darcy "rough" model -- ``MgNO(in_channels=1, out_channels=1, channels=24, num_layers=4,
 iterations=[[1, 0]] * 5 + [[2, 0]], transfer_init="random", head_bias=False)`` -- has 572,661 parameters:
-3x3/4x4 V-cycle convolutions without bias, 1x1 skip convolutions with bias, a 1x1 head without bias (``head_bias=False``; one
-more parameter with it). ``resolution``, ``resample`` and ``transfer_init`` do not change the count.
+3x3/4x4 V-cycle convolutions without bias, 1x1 skip convolutions with bias, a 1x1 head without bias
+(``head_bias=False``; one more parameter with it). ``resolution``, ``resample`` and ``transfer_init`` do not
+change the count.
 """
 
 from __future__ import annotations
