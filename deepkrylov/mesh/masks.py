@@ -63,9 +63,10 @@ class Box:
     def inside(self, coords: list[torch.Tensor]) -> torch.Tensor:
         if len(self.lo) != len(coords) or len(self.hi) != len(coords):
             raise ValueError(f"Box corners need {len(coords)} coordinates")
-        inside = torch.ones_like(coords[0], dtype=torch.bool)
+        inside = None
         for c, a, b in zip(coords, self.lo, self.hi):
-            inside &= (c >= a) & (c <= b)
+            axis = (c >= a) & (c <= b)
+            inside = axis if inside is None else inside & axis
         return inside
 
 
@@ -75,10 +76,13 @@ def mask_from_shapes(
 ) -> Union[torch.Tensor, GridTensor]:
     """Paint shapes (their union, later ones on top) onto a mask filled with ``default``; with ``partition``, this
     rank's block only (a GridTensor)."""
-    coords = grid.meshgrid(partition=partition)
-    mask = torch.full(tuple(coords[0].shape), _kind(default), dtype=torch.uint8)
+    centres = grid.centers(partition=partition)
+    nd = len(centres)
+    # broadcastable coordinates (one axis each): a shape's test allocates about one array of the block, not ndim
+    coords = [c.view([-1 if b == a else 1 for b in range(nd)]) for a, c in enumerate(centres)]
+    mask = torch.full(tuple(len(c) for c in centres), _kind(default), dtype=torch.uint8)
     for s in shapes:
-        mask[s.inside(coords)] = _kind(s.kind)
+        mask.masked_fill_(s.inside(coords), _kind(s.kind))
     return mask if partition is None else GridTensor(mask[None, None], partition)
 
 

@@ -163,9 +163,7 @@ class DiffusionOperator(LinearOperator):
             self.form = "uniform"
             touches = bc.any_dirichlet
         else:
-            padded = self._halo(mask, k)
-            touches = self._assemble(padded, k)
-            del padded
+            touches = self._assemble(self._halo(mask), None if k is None else self._halo(k))
             self.form = "compact" if k0 is not None else "general"
         # no fluid cell next to an EMPTY cell or a Dirichlet face: the constant (on fluid cells) is in the null space
         self.singular = not bool(self._reduce([float(touches)], ("max",))[0])
@@ -180,15 +178,13 @@ class DiffusionOperator(LinearOperator):
         red = {"sum": sum, "min": min, "max": max}
         return [red[op](v[i] for v in every) for i, op in enumerate(ops)]
 
-    def _halo(self, mask: torch.Tensor, k: Optional[torch.Tensor]) -> torch.Tensor:
-        """The block's cell kinds (channel 0) and coefficients (channel 1, variable ``k`` only) padded by one cell of
-        the neighbours' values (float64, exact), wrapped when any axis is periodic. The non-periodic domain faces
-        are masked out by the caller."""
-        nd = self.grid.ndim
-        fields = mask.to(torch.float64)[None] if k is None else torch.stack((mask.to(torch.float64), k))
+    def _halo(self, field: torch.Tensor) -> torch.Tensor:
+        """A block field padded by one cell of the neighbours' values, wrapped when any axis is periodic (the
+        non-periodic domain faces are masked out by the caller)."""
         if self.partition is not None:
-            return halo(fields[None], self.partition, 1, "circular" if self.bc.any_periodic else "zeros")[0]
-        return F.pad(fields[None], (1, 1) * nd, mode="circular" if self.bc.any_periodic else "constant")[0]
+            return halo(field[None, None], self.partition, 1, "circular" if self.bc.any_periodic else "zeros")[0, 0]
+        mode = "circular" if self.bc.any_periodic else "constant"
+        return F.pad(field[None, None], (1, 1) * self.grid.ndim, mode=mode)[0, 0]
 
     def _edges(self, a: int) -> tuple[bool, bool]:
         """Whether this block's first / last plane along axis ``a`` lies on a non-periodic domain face."""
@@ -199,31 +195,54 @@ class DiffusionOperator(LinearOperator):
         c, d = self.partition.coords[a], self.partition.dims[a]
         return c == 0, c == d - 1
 
-    def _assemble(self, padded: torch.Tensor, k: Optional[torch.Tensor]) -> bool:
+    def _assemble(self, kinds: torch.Tensor, k: Optional[torch.Tensor]) -> bool:
         """Build the block's compact codes (constant ``k``) or float64 diagonal and face weights (variable ``k``)
-        from the padded kinds/coefficients; returns whether a fluid cell touches an EMPTY cell or a Dirichlet face.
-        The arithmetic is the whole-grid operator's, cell by cell, so the numbers are the same bits."""
-        grid, bc, block, nd = self.grid, self.bc, self.block_shape, self.grid.ndim
-        fluid = self.fluid
+        from the padded cell kinds (and the padded coefficients ``k``); returns whether a fluid cell touches an
+        EMPTY cell or a Dirichlet face. Slabs of about 2^18 cells along the first axis bound the temporaries. The
+        arithmetic is the whole-grid operator's, cell by cell, so the numbers are the same bits."""
+        block, nd = self.block_shape, self.grid.ndim
+        if k is not None:
+            self._diag64 = torch.empty(block, dtype=torch.float64)
+            self._weights64 = [(torch.empty(block, dtype=torch.float64), torch.empty(block, dtype=torch.float64))
+                               for _ in range(nd)]
+        else:
+            self._code = torch.empty(block, dtype=torch.int16)
+        per_plane = 1
+        for n in block[1:]:
+            per_plane *= n
+        step = max(1, (1 << 18) // per_plane)
+        touches = False
+        for lo in range(0, block[0], step):
+            touches = self._assemble_slab(kinds, k, lo, min(block[0], lo + step)) or touches
+        return touches
+
+    def _assemble_slab(self, kinds: torch.Tensor, k: Optional[torch.Tensor], lo: int, hi: int) -> bool:
+        """Planes ``lo:hi`` (first axis) of :meth:`_assemble`."""
+        grid, bc, nd = self.grid, self.bc, self.grid.ndim
+        block = (hi - lo,) + tuple(self.block_shape[1:])
+        fluid = self.fluid[lo:hi]
+        kinds = kinds[lo:hi + 2]
         general = k is not None
-        inner = [slice(1, n + 1) for n in block]
-        off = 3 - nd
         if general:
+            k = k[lo:hi + 2]
+            kc = k[(slice(1, -1),) + (slice(1, -1),) * (nd - 1)]
             diag = torch.zeros(block, dtype=torch.float64)
-            weights = []
         else:
             code = torch.zeros(block, dtype=torch.int32)
+        inner = [slice(1, n + 1) for n in block]
+        off = 3 - nd
         touches = False
         for a in range(nd):
             h2 = grid.spacing[a] ** 2 if self.scaled else 1.0
             edges = self._edges(a)
-            pair = []
+            if a == 0:  # this slab holds the block's first / last plane along the first axis only at its ends
+                edges = (edges[0] and lo == 0, edges[1] and hi == self.block_shape[0])
             m = torch.zeros(block, dtype=torch.int32) if not general else None
             for side, start in ((0, 0), (1, 2)):  # the lower neighbour, then the upper
                 idx = list(inner)
                 idx[a] = slice(start, start + block[a])
                 idx = tuple(idx)
-                nb = padded[(0,) + idx]
+                nb = kinds[idx]
                 nb_fluid, nb_empty = nb == FLUID, nb == EMPTY
                 plane = 0 if side == 0 else block[a] - 1
                 if edges[side]:  # the domain face: no neighbour
@@ -236,31 +255,28 @@ class DiffusionOperator(LinearOperator):
                 if dirichlet:
                     touches = touches or bool(fluid.narrow(a, plane, 1).any())
                 if general:
-                    k_nb = padded[(1,) + idx]
-                    t = 2 * k * k_nb / (k + k_nb) / h2
+                    k_nb = k[idx]
+                    t = 2 * kc * k_nb / (kc + k_nb) / h2
                     w = torch.where(link, t, torch.zeros_like(t))
                     diag += w
                     diag += torch.where(near_empty, t, torch.zeros_like(t))
                     if dirichlet:
                         d = diag.narrow(a, plane, 1)
-                        kp = k.narrow(a, plane, 1)
+                        kp = kc.narrow(a, plane, 1)
                         d += torch.where(fluid.narrow(a, plane, 1), 2 * kp / h2, torch.zeros_like(kp))
-                    pair.append(w)
+                    self._weights64[a][side][lo:hi] = w
                 else:
                     m += link | near_empty
                     if dirichlet:
                         m.narrow(a, plane, 1).add_(2 * fluid.narrow(a, plane, 1).to(torch.int32))
                     code += link.to(torch.int32) << (2 * (a + off) + side)
-            if general:
-                weights.append((pair[0], pair[1]))
-            else:
+            if not general:
                 code += m << (6 + 3 * (a + off))
         if general:
-            self._diag64 = torch.where(fluid, diag, torch.ones_like(diag))
-            self._weights64 = weights
+            self._diag64[lo:hi] = torch.where(fluid, diag, torch.ones_like(diag))
         else:
             code -= (~fluid).to(torch.int32) << 15  # bit 15 of the uint16, stored as int16
-            self._code = code.to(torch.int16)
+            self._code[lo:hi] = code
         return touches
 
     def _compact_code(self) -> torch.Tensor:
@@ -273,10 +289,9 @@ class DiffusionOperator(LinearOperator):
             return self._code
         if self._uniform is None:
             raise RuntimeError("cell codes exist for constant coefficients only")
-        padded = torch.zeros((1,) + tuple(n + 2 for n in self.block_shape), dtype=torch.float64)  # all FLUID
-        saved, self._code = self._code, None
-        self._assemble(padded, None)
-        code, self._code = self._code, saved
+        kinds = torch.full(tuple(n + 2 for n in self.block_shape), FLUID, dtype=torch.uint8)  # every cell fluid
+        self._assemble(kinds, None)
+        code, self._code = self._code, None  # not kept: the uniform pass needs no codes
         return code
 
     def _stencil64(self) -> tuple[torch.Tensor, list]:
