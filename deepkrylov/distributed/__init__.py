@@ -17,7 +17,7 @@ Example (run with ``mpiexec -n 2 python example.py``)::
 from .comm import Comm, MPIComm, SelfComm, TorchComm
 from .context import Context, init, launch_environment
 from .grid import ProcessGrid, default_dims, default_split
-from .halo import HALO_MODES, fill_halo_, halo
+from .halo import HALO_MODES, HaloExchange, fill_halo_, halo
 from .layers import (
     HaloConv1d,
     HaloConv2d,
@@ -35,7 +35,7 @@ __all__ = [
     "Comm", "MPIComm", "SelfComm", "TorchComm",
     "Context", "init", "launch_environment",
     "ProcessGrid", "default_dims", "default_split",
-    "HALO_MODES", "fill_halo_", "halo",
+    "HALO_MODES", "HaloExchange", "fill_halo_", "halo",
     "GridTensor",
     "HaloConv1d", "HaloConv2d", "HaloConv3d",
     "HaloConvTranspose1d", "HaloConvTranspose2d", "HaloConvTranspose3d",
