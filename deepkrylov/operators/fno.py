@@ -192,11 +192,13 @@ class FNO(nn.Module):
             "activation": self.activation,
         }
 
-    def _coords(self, x: torch.Tensor) -> torch.Tensor:
-        sizes = x.shape[2:]
-        axes = [torch.linspace(0, 1, n, dtype=x.dtype, device=x.device) for n in sizes]
+    @staticmethod
+    def _coords(x: torch.Tensor, shape: Sequence[int], block: Sequence[slice]) -> torch.Tensor:
+        """The grid coordinates in [0, 1] of a whole grid of ``shape``, at ``block`` (this rank's cells), per sample
+        of ``x``."""
+        axes = [torch.linspace(0, 1, n, dtype=x.dtype, device=x.device)[sl] for n, sl in zip(shape, block)]
         mesh = torch.meshgrid(*axes, indexing="ij")
-        return torch.stack(mesh).unsqueeze(0).expand(x.shape[0], -1, *sizes)
+        return torch.stack(mesh).unsqueeze(0).expand(x.shape[0], -1, *x.shape[2:])
 
     def _pads(self, sizes: Sequence[int]) -> list[int]:
         return [_fft_length(n + int(math.ceil(self.padding * n))) - n if self.padding else 0 for n in sizes]
@@ -215,7 +217,7 @@ class FNO(nn.Module):
             raise ValueError(f"this FNO takes {self.in_channels} input channels, but got {x.shape[1]}")
         sizes = x.shape[2:]
         if self.positional:
-            x = torch.cat([x, self._coords(x)], dim=1)
+            x = torch.cat([x, self._coords(x, sizes, [slice(None)] * len(sizes))], dim=1)
         v = self.lift(x)
         pads = self._pads(sizes)
         if any(pads):
@@ -236,10 +238,7 @@ class FNO(nn.Module):
             raise ValueError(f"this FNO takes {self.in_channels} input channels, but got {x.local.shape[1]}")
         h = x.local
         if self.positional:  # this block's slice of the whole grid's coordinates
-            axes = [torch.linspace(0, 1, n, dtype=h.dtype, device=h.device)[sl]
-                    for n, sl in zip(grid.global_shape, grid.local_slices)]
-            coords = torch.stack(torch.meshgrid(*axes, indexing="ij")).unsqueeze(0)
-            h = torch.cat([h, coords.expand(h.shape[0], -1, *grid.local_shape)], dim=1)
+            h = torch.cat([h, self._coords(h, grid.global_shape, grid.local_slices)], dim=1)
         v = GridTensor(self.lift(h), grid)
         pads = self._pads(grid.global_shape)
         if any(pads):  # zeros at the end of every axis: a repartition onto the larger grid
