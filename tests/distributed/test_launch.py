@@ -11,8 +11,8 @@ from tests.helpers import mpiexec_available, run_mpi, run_pytest_mpi
 pytestmark = pytest.mark.mpi
 SUITES = [
     "tests/distributed/test_halo.py",
-    "tests/distributed/test_comm.py",
     "tests/distributed/test_layers.py",
+    "tests/distributed/test_comm.py",
     "tests/distributed/test_petsc_dmda.py",
     "tests/distributed/test_fft.py",
 ]
