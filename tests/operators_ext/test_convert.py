@@ -93,7 +93,9 @@ def test_interpolation_preserves_kernel_sum_and_paper_rule():
     assert interpolation_matrix(3, 2, "linear").shape == (5, 3)  # the paper's s k - s + 1 taps
     assert interpolation_matrix(5, 4, "linear").shape == (17, 5)
     assert interpolation_matrix(3, 2).shape == (7, 3) and interpolation_matrix(3, 3).shape == (9, 3)
-    with pytest.raises(ValueError, match="kernel must be one of \\('constant', 'linear'\\), but got 'cubic'"):
+    torch.testing.assert_close(interpolation_matrix(3, 2, "point")[::2], torch.eye(3, dtype=torch.float64))  # dilation
+    assert not interpolation_matrix(3, 2, "point")[1::2].any()
+    with pytest.raises(ValueError, match="kernel must be one of \\('constant', 'linear', 'point'\\), but got 'cubic'"):
         interpolation_matrix(3, 2, "cubic")
 
 
@@ -209,24 +211,28 @@ def _cell_mean(x: torch.Tensor, y: torch.Tensor, h: float) -> torch.Tensor:
     return out
 
 
-def _limit(w: torch.Tensor, b: float, stride: int, pad: int, n0: int, n_out: int, pool: str = "") -> torch.Tensor:
-    """The operator every converted grid approximates, on an ``n_out`` output grid: the training kernel read as
-    piecewise constant on training cells of size ``h = 1/n0``, placed as it sat relative to its output cell (for
-    stride 2: half a cell off), applied to the exact cell averages of the field (``pool="max"``: their maximum)."""
+def _limit(w: torch.Tensor, b: float, stride: int, pad: int, n0: int, n_out: int, pool: str = "",
+           point: bool = False) -> torch.Tensor:
+    """The operator every converted grid approximates, on an ``n_out`` output grid: the training kernel placed as
+    it sat relative to its output cell (for stride 2: half a cell off), its taps reading the field's exact cell
+    averages over training cells of size ``h = 1/n0`` (``point``: the field's values at the tap centres);
+    ``pool="max"``: the maximum over the taps."""
     h, k = 1.0 / n0, 2 if w is None else w.shape[-1]
     c = (torch.arange(n_out, dtype=torch.float64) + 0.5) / n_out  # output cell centres
     X, Y = torch.meshgrid(c, c, indexing="ij")
     offs = [(m - pad - stride / 2 + 0.5) * h for m in range(k)]  # training tap centres relative to the output cell
-    vals = [[_cell_mean(X + ox, Y + oy, h) for oy in offs] for ox in offs]
+    vals = [[_cell_mean(X + ox, Y + oy, 0.0 if point else h) for oy in offs] for ox in offs]
     if pool == "max":
         return torch.stack([v for row in vals for v in row]).amax(0)[None, None]
     return (sum(w[i, j] * vals[i][j] for i in range(k) for j in range(k)) + b)[None, None]
 
 
-@pytest.mark.parametrize("layer", ["conv3", "conv5", "conv3-stride2", "maxpool2"])
-def test_converted_layer_converges_to_one_limit_at_h_h2_h4(layer):
+@pytest.mark.parametrize("layer,kernel", [("conv3", "constant"), ("conv5", "constant"), ("conv3-stride2", "constant"),
+                                          ("maxpool2", "point"), ("conv3", "point"), ("conv3-stride2", "point")])
+def test_converted_layer_converges_to_one_limit_at_h_h2_h4(layer, kernel):
     """A converted CNN layer trained at h = 1/16, applied to one smooth (periodic) function sampled at h, h/2 and
-    h/4, approaches the analytic limit operator at second order -- the training grid included."""
+    h/4, approaches the analytic limit operator at second order -- the training grid included. With point taps a
+    stride-1 stencil is that limit exactly on every grid."""
     torch.manual_seed(5)
     n0 = 16
     if layer == "maxpool2":
@@ -235,18 +241,23 @@ def test_converted_layer_converges_to_one_limit_at_h_h2_h4(layer):
         k, stride = (5, 1) if layer == "conv5" else (3, 2 if "stride2" in layer else 1)
         net = nn.Conv2d(1, 1, k, stride=stride, padding=k // 2, padding_mode="circular").double()
         w, b, pad = net.weight.detach()[0, 0], float(net.bias.detach()), k // 2
-    op = convert(nn.Sequential(net), (n0, n0))
+    op = convert(nn.Sequential(net), (n0, n0), kernel=kernel)
     errors = []
+    point = kernel == "point" and w is not None  # pooling always averages over training cells first
     with torch.no_grad():
         for n in (n0, 2 * n0, 4 * n0):
             y = op(_periodic(n))
-            ref = _limit(w, b, stride, pad, n0, y.shape[-1], "max" if w is None else "")
+            ref = _limit(w, b, stride, pad, n0, y.shape[-1], "max" if w is None else "", point)
             if layer == "maxpool2":  # pooling knows no periodicity: leave out the windows within 2h of the edge
                 c = n // n0
                 y, ref = y[..., c:-c, c:-c], ref[..., c:-c, c:-c]
             errors.append(_rel(y, ref))
+    if point:  # the training grid samples the stencil exactly; a stride-1 one stays exact when dilated
+        assert errors[0] < 1e-14 and (stride > 1 or max(errors) < 1e-14), errors
+        if stride > 1:  # stride-2 taps fall on fine cell vertices: the mean of two cells, O(h^2)
+            assert errors[2] < 0.3 * errors[1], errors
+        return
     assert errors[0] < 0.05
-    print(layer, errors)
     # O(h^2) to one limit: 4x per halving once the fine cells split the training cells (the training grid's own
     # error has another constant)
     assert errors[1] < 0.6 * errors[0] and errors[2] < 0.3 * errors[1], errors
