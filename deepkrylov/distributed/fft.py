@@ -112,14 +112,22 @@ def _cached_messages(src: ProcessGrid, dst: ProcessGrid, offset: tuple) -> tuple
 def _repartition(x: torch.Tensor, src: ProcessGrid, dst: ProcessGrid, offset: tuple) -> torch.Tensor:
     """The all-to-all: every part of this rank's block goes, packed into one buffer in rank order, to the rank whose
     ``dst`` block holds it (``Comm.alltoall``, i.e. ``MPI_Alltoallv`` or ``all_to_all_single``); what arrives is
-    unpacked into the ``dst`` block (zeros where nothing arrives)."""
+    unpacked into the ``dst`` block (zeros where nothing arrives). This rank's own part is copied directly."""
     send_idx, recv_idx = _cached_messages(src, dst, offset)
     lead = tuple(x.shape[:2])
-    out = x.new_zeros(lead + dst.local_shape)
-    send_shapes = [None if i is None else lead + tuple(s.stop - s.start for s in i[2:]) for i in send_idx]
-    recv_shapes = [None if i is None else lead + tuple(s.stop - s.start for s in i[2:]) for i in recv_idx]
+    covered = src.global_shape == dst.global_shape and not any(offset)  # every cell of the dst block arrives
+    out = (x.new_empty if covered else x.new_zeros)(lead + dst.local_shape)
+    me = src.rank
+    if send_idx[me] is not None:  # this rank's own part: copied, not sent
+        out[recv_idx[me]] = x[send_idx[me]]
+    send_shapes = [None if i is None or q == me else lead + tuple(s.stop - s.start for s in i[2:])
+                   for q, i in enumerate(send_idx)]
+    recv_shapes = [None if i is None or q == me else lead + tuple(s.stop - s.start for s in i[2:])
+                   for q, i in enumerate(recv_idx)]
     sc = [0 if sh is None else math.prod(sh) for sh in send_shapes]
     rc = [0 if sh is None else math.prod(sh) for sh in recv_shapes]
+    if src.size == 1:
+        return out
     sbuf = x.new_empty(sum(sc))
     pos = 0
     for i, sh, n in zip(send_idx, send_shapes, sc):
