@@ -197,10 +197,12 @@ def _table(results: dict) -> str:
 
 # ---- the alpha-beta model --------------------------------------------------------------------------------------
 ASSUME = {
-    "alpha_net_s": 2.0e-6,          # MPI latency over InfiniBand HDR, software included (1-2 us measured commonly)
-    "node_bandwidth_Bps": 25.0e9,   # HDR 200 Gb/s per node, one port
-    "ranks_per_node": 64,           # one rank per core, 64 cores per node
-    "node_memory_bandwidth_Bps": 200.0e9,
+    "alpha_net_s": 2.0e-6,             # MPI latency between nodes over InfiniBand HDR, software included
+    "node_bandwidth_Bps": 25.0e9,      # HDR 200 Gb/s, one port per node
+    "ranks_per_node": 64,              # one rank per core, 64 cores per node, ranks packed 4x4x4 per node
+    "node_memory_bandwidth_Bps": 200.0e9,  # STREAM-like DRAM bandwidth of a two-socket node
+    "cg_bytes_per_cell": 116,          # 14 float64 vector passes per CG iteration + the 4-byte operator (krylov.py)
+    "allreduces_per_cg_iteration": 2,  # <p, Ap> and <r, r> (deepkrylov.solvers.cg, unpreconditioned)
 }
 """The machine the projections are for (docs/scaling.md); change and rerun ``--model`` for another."""
 
@@ -216,18 +218,20 @@ def _fit(x: np.ndarray, t: np.ndarray) -> tuple[float, float]:
 
 
 def fit_model(results: dict) -> dict:
-    """alpha (s) and beta (s/byte) of point-to-point (halo.json: mpi4py Sendrecv of faces), all-reduce
-    (recursive doubling: ``log2 p (alpha + beta n)``) and all-to-all (pairwise: ``(p-1) alpha + (p-1)/p n beta``,
-    fft.json) on this machine, from the 2- and 4-rank points."""
+    """alpha (s) and beta (s/byte) on this machine (shared memory between the ranks of one VM) of point-to-point
+    (halo.json: mpi4py Sendrecv of a rank's faces, 2 or 4 messages), all-reduce (recursive doubling:
+    ``log2 p (alpha + beta n)``, this script's all-reduce row up to 256 KiB) and all-to-all (pairwise:
+    ``(p-1) alpha + (p-1)/p n beta``, fft.json, MPI engine), from the 2- and 4-rank points; the CG time per cell
+    (the 256^3 row on one rank) and the FFT round trip's time per cell and log2(cells) (fft.json, torch on one
+    process, the fastest repetition)."""
     fits = {}
     halo = json.loads((RESULTS / "halo.json").read_text())
     pts = [(r["bytes_sent_per_rank"], r["sendrecv_s"], r["ranks"]) for k in halo for r in halo[k]["halo"]]
-    # a rank sends its bytes in (2 x split axes) messages; model one exchange as messages x alpha + bytes x beta
-    x = np.array([[2 * (1 if p == 2 else 2), b] for b, _, p in pts], dtype=float)
+    x = np.array([[2 if p == 2 else 4, b] for b, _, p in pts], dtype=float)
     t = np.array([s for _, s, _ in pts])
     fits["p2p"] = dict(zip(("alpha_s", "beta_s_per_byte"), _fit(x, t)), points=len(t), source="halo.json sendrecv")
     ar = [(row["bytes"], row["seconds"], r["ranks"]) for r in results.get("allreduce", []) for row in r["rows"]
-          if r["ranks"] > 1]
+          if r["ranks"] > 1 and row["bytes"] <= 262144]  # larger ones hit the other jobs' memory traffic here
     if ar:
         x = np.array([[math.log2(p), math.log2(p) * b] for b, _, p in ar])
         t = np.array([s for _, s, _ in ar])
@@ -247,77 +251,101 @@ def fit_model(results: dict) -> dict:
         if local:
             r = max(local, key=lambda r: r["n"])
             cells = r["n"] ** 3
-            fits["fft_local_s_per_cell_log"] = r["torch_fft_1process_s"] / (cells * math.log2(cells))
+            t = r.get("torch_fft_1process_min_s") or r["torch_fft_1process_s"]
+            fits["fft_roundtrip_s_per_cell_log"] = t / (cells * math.log2(cells))
     one = [r for r in results.get("memory", []) if r["ranks"] == 1]
     if one:
-        fits["cg_s_per_cell"] = one[0]["s_per_iteration"] / float(np.prod(one[0]["shape"]))
+        fits["cg_s_per_cell_here"] = one[0]["s_per_iteration"] / float(np.prod(one[0]["shape"]))
     return fits
 
 
-def project(fits: dict, assume: dict = ASSUME) -> list:
+def _cg_iteration(fits: dict, cells: float, p: int, assume: dict) -> dict:
+    """One CG iteration's parts on ``p`` ranks with ``cells`` cells each (cubic blocks)."""
+    rpn = assume["ranks_per_node"]
+    comp = cells * assume["cg_bytes_per_cell"] / (assume["node_memory_bandwidth_Bps"] / min(rpn, p))
+    edge = cells ** (1 / 3)
+    nodes = max(p // rpn, 1)
+    off_node = 6 * (4 * edge) ** 2 * 8 if nodes > 1 else 0.0  # face bytes leaving a 4x4x4 node block
+    halo = (6 * (assume["alpha_net_s"] if nodes > 1 else fits["p2p"]["alpha_s"])
+            + off_node / assume["node_bandwidth_Bps"] + 6 * edge**2 * 8 * fits["p2p"]["beta_s_per_byte"])
+    ar_alpha = fits.get("allreduce", {}).get("alpha_s", 1e-6)
+    allreduce = assume["allreduces_per_cg_iteration"] * (
+        math.log2(min(p, rpn)) * ar_alpha + math.log2(nodes) * assume["alpha_net_s"])
+    it = comp + halo + allreduce
+    return {"cg_compute_s": comp, "cg_halo_s": halo, "cg_allreduce_s": allreduce, "cg_iteration_s": it,
+            "cg_efficiency": comp / it, "cg_dominant_comm": "all-reduce" if allreduce > halo else "halo"}
+
+
+def project(fits: dict, assume: dict = ASSUME) -> dict:
     """CG iteration time and parallel efficiency, and a 3D FFT round trip's time, for N^3 grids on P ranks:
 
-    - compute: this machine's measured CG time per cell (one core, memory bound) times the cells per rank;
-    - halo: a cubic block per rank, 6 faces of float64; ranks packed 4x4x4 per node, so a quarter of the faces
-      leave the node: ``alpha_net + (off-node face bytes of the node) / node bandwidth`` (on-node faces overlap);
-    - all-reduce: 2 per iteration, 8 bytes, recursive doubling: ``log2(rpn)`` on-node steps at the fitted shared-
-      memory alpha and ``log2(P / rpn)`` steps at ``alpha_net``;
-    - FFT: pencils (P = rpn x P/rpn): the local 1D FFTs (measured rate per cell and log2 cell), one transpose among a
-      node's ranks (fitted shared-memory all-to-all) and one across nodes (``(P/rpn - 1) alpha_net +`` the node's
-      bytes over its link), forward and inverse, complex128.
-    """
+    - compute: memory bound, ``cg_bytes_per_cell`` at the node's DRAM bandwidth shared by its ranks;
+    - halo: a cubic block per rank, 6 float64 faces; ranks packed 4x4x4 per node, so the node block's faces leave
+      the node: ``6 alpha_net + off-node bytes / node bandwidth`` plus every face at the fitted on-node beta;
+    - all-reduce: 2 per iteration of 8 bytes, recursive doubling: ``log2(ranks per node)`` steps at the fitted
+      shared-memory alpha and ``log2(nodes)`` at ``alpha_net``;
+    - FFT round trip (rfftn + irfftn, complex128 half spectrum: 8 N^3/P bytes per rank): pencils with one
+      process axis inside a node: the local 1D FFTs (this machine's measured rate per cell and log2 cell), two
+      transposes among a node's ranks (fitted shared-memory all-to-all) and two across nodes (``(nodes-1)
+      alpha_net +`` the node's bytes over its link).
+
+    Also the per-rank block below which the all-reduce costs more than the halo exchange and below which the
+    efficiency falls under 50 %, on 4096 to 262,144 ranks."""
     rpn = assume["ranks_per_node"]
-    c = fits.get("cg_s_per_cell", 1e-8)
-    ar_alpha = fits.get("allreduce", {}).get("alpha_s", 1e-6)
     a2a = fits.get("alltoall", {"alpha_s": 5e-6, "beta_s_per_byte": 2e-10})
-    fft_c = fits.get("fft_local_s_per_cell_log", 2e-10)
-    out = []
+    fft_c = fits.get("fft_roundtrip_s_per_cell_log", 5e-9)
+    rows = []
     for n in (1024, 2048, 4096):
         for p in (64, 256, 1024, 4096):
             cells = n**3 / p
-            if cells * 60 * rpn > 512e9:  # ~60 bytes/cell for CG with the operator: does it fit a 512 GB node?
-                fits_memory = False
-            else:
-                fits_memory = True
-            comp = c * cells
-            edge = cells ** (1 / 3)
-            nodes = max(p // rpn, 1)
-            node_faces = 6 * (4 * edge) ** 2 * 8 if nodes > 1 else 0.0  # bytes leaving a node per exchange
-            halo = (assume["alpha_net_s"] if nodes > 1 else fits["p2p"]["alpha_s"]) * 6 + node_faces / assume[
-                "node_bandwidth_Bps"] + 6 * edge**2 * 8 * fits["p2p"]["beta_s_per_byte"]
-            steps_on, steps_off = math.log2(min(p, rpn)), math.log2(nodes)
-            allreduce = 2 * (steps_on * ar_alpha + steps_off * assume["alpha_net_s"])
-            it = comp + halo + allreduce
-            bytes_rank = 16 * cells
+            row = {"n": n, "ranks": p, "nodes": max(p // rpn, 1), "cells_per_rank": cells,
+                   "memory_per_node_GB": cells * 60 * min(p, rpn) / 1e9}  # ~60 B/cell for CG (measured: 46-56)
+            row.update(_cg_iteration(fits, cells, p, assume))
+            nodes = row["nodes"]
+            bytes_rank = 8 * cells
             fft_local = fft_c * n**3 * math.log2(n**3) / p
             on = (rpn - 1) * a2a["alpha_s"] + (rpn - 1) / rpn * bytes_rank * a2a["beta_s_per_byte"]
             off = ((nodes - 1) * assume["alpha_net_s"] + (nodes - 1) / nodes * bytes_rank * rpn
                    / assume["node_bandwidth_Bps"]) if nodes > 1 else 0.0
-            out.append({"n": n, "ranks": p, "nodes": nodes, "cells_per_rank": cells, "fits_512GB_node": fits_memory,
-                        "cg_compute_s": comp, "cg_halo_s": halo, "cg_allreduce_s": allreduce, "cg_iteration_s": it,
-                        "cg_efficiency": comp / it, "fft_local_s": fft_local, "fft_alltoall_on_node_s": 2 * on,
-                        "fft_alltoall_off_node_s": 2 * off, "fft_roundtrip_s": 2 * fft_local + 2 * (on + off),
-                        "cg_dominant_comm": "all-reduce" if allreduce > halo else "halo",
-                        "fft_alltoall_share": 2 * (on + off) / (2 * fft_local + 2 * (on + off))})
-    return out
+            fft = fft_local + 2 * (on + off)
+            row.update({"fft_local_s": fft_local, "fft_alltoall_on_node_s": 2 * on, "fft_alltoall_off_node_s": 2 * off,
+                        "fft_roundtrip_s": fft, "fft_alltoall_share": 2 * (on + off) / fft})
+            rows.append(row)
+    crossover = []
+    for p in (4096, 32768, 262144):
+        edges = np.arange(4, 257)
+        parts = [_cg_iteration(fits, float(e) ** 3, p, assume) for e in edges]
+        ar_wins = [int(e) for e, r in zip(edges, parts) if r["cg_allreduce_s"] > r["cg_halo_s"]]
+        half = [int(e) for e, r in zip(edges, parts) if r["cg_efficiency"] < 0.5]
+        crossover.append({"ranks": p, "allreduce_over_halo_below_edge": max(ar_wins) if ar_wins else None,
+                          "efficiency_below_half_below_edge": max(half) if half else None,
+                          "efficiency_at_edge_32": _cg_iteration(fits, 32.0**3, p, assume)["cg_efficiency"],
+                          "efficiency_at_edge_16": _cg_iteration(fits, 16.0**3, p, assume)["cg_efficiency"]})
+    return {"rows": rows, "crossover": crossover}
 
 
-def _model_table(fits: dict, proj: list) -> str:
+def _model_table(fits: dict, proj: dict) -> str:
     lines = ["fitted on this machine (shared memory, 2 and 4 ranks):"]
     for k in ("p2p", "allreduce", "alltoall"):
         if k in fits:
             f = fits[k]
             lines.append(f"  {k:<10} alpha {f['alpha_s'] * 1e6:8.2f} us   beta {f['beta_s_per_byte'] * 1e9:8.4f} ns/B "
                          f"({1 / max(f['beta_s_per_byte'], 1e-30) / 1e9:.2f} GB/s)   [{f['source']}, {f['points']} points]")
-    lines.append(f"  CG compute {fits.get('cg_s_per_cell', float('nan')) * 1e9:.2f} ns per cell per iteration (1 rank)")
-    lines.append(f"assumed network: {ASSUME}")
-    lines.append(f"{'N^3':>6} {'ranks':>5} {'cells/rank':>11} {'CG it ms':>9} {'compute':>8} {'halo':>8} "
-                 f"{'allred':>8} {'eff':>5} {'dominant':>10} {'FFT ms':>9} {'a2a %':>6}")
-    for r in proj:
-        lines.append(f"{r['n']:>6} {r['ranks']:>5} {r['cells_per_rank']:>11.3g} {r['cg_iteration_s'] * 1e3:>9.3f} "
-                     f"{r['cg_compute_s'] * 1e3:>8.3f} {r['cg_halo_s'] * 1e3:>8.3f} {r['cg_allreduce_s'] * 1e3:>8.3f} "
-                     f"{r['cg_efficiency']:>5.2f} {r['cg_dominant_comm']:>10} {r['fft_roundtrip_s'] * 1e3:>9.1f} "
+    lines.append(f"  CG here {fits.get('cg_s_per_cell_here', float('nan')) * 1e9:.1f} ns per cell per iteration (1 rank); "
+                 f"FFT round trip {fits.get('fft_roundtrip_s_per_cell_log', float('nan')) * 1e9:.2f} ns per cell and "
+                 "log2(cells)")
+    lines.append(f"assumed: {ASSUME}")
+    lines.append(f"{'N^3':>6} {'ranks':>5} {'cells/rank':>11} {'GB/node':>8} {'CG it ms':>9} {'compute':>8} {'halo':>8} "
+                 f"{'allred':>8} {'eff':>5} {'FFT ms':>9} {'a2a %':>6}")
+    for r in proj["rows"]:
+        lines.append(f"{r['n']:>6} {r['ranks']:>5} {r['cells_per_rank']:>11.3g} {r['memory_per_node_GB']:>8.0f} "
+                     f"{r['cg_iteration_s'] * 1e3:>9.3f} {r['cg_compute_s'] * 1e3:>8.3f} {r['cg_halo_s'] * 1e3:>8.3f} "
+                     f"{r['cg_allreduce_s'] * 1e3:>8.3f} {r['cg_efficiency']:>5.2f} {r['fft_roundtrip_s'] * 1e3:>9.1f} "
                      f"{100 * r['fft_alltoall_share']:>6.0f}")
+    for c in proj["crossover"]:
+        lines.append(f"{c['ranks']:>7} ranks: all-reduce > halo below a {c['allreduce_over_halo_below_edge']}^3 block, "
+                     f"efficiency < 50% below {c['efficiency_below_half_below_edge']}^3; efficiency at 32^3 "
+                     f"{c['efficiency_at_edge_32']:.2f}, at 16^3 {c['efficiency_at_edge_16']:.2f}")
     return "\n".join(lines)
 
 
