@@ -293,9 +293,14 @@ class OperatorConv(_Strided):
                 return fn(x, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
             return fn(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
         mats, pads = geo
-        w = _apply_axes(self.weight, mats)
+        scale = self._scale(self.nd)
+        if self.kernel == "point" and all(st == 1 and sa.denominator == 1 and k % 2 for st, sa, k in
+                                          zip(self.stride, scale, self.kernel_size)):
+            w, dil = self.weight, tuple(int(sa) for sa in scale)  # the same taps, dilated: k instead of s k - s + 1
+        else:
+            w, dil = _apply_axes(self.weight, mats), 1
         x = _pad_crop(x, pads, "constant" if self.padding_mode == "zeros" else self.padding_mode)
-        return fn(x, w, self.bias, self.stride, 0, 1, self.groups)
+        return fn(x, w, self.bias, self.stride, 0, dil, self.groups)
 
 
 class OperatorConvTranspose(_Scaled):
