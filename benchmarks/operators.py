@@ -184,7 +184,7 @@ def train_eval(name: str, args: argparse.Namespace, train: Set, tests: dict[int,
     model.eval()
     # real numbers: neuraloperator stores complex spectral weights (numel counts each once), ours real/imag pairs
     out: dict = {"params": sum(p.numel() * (2 if p.is_complex() else 1) for p in model.parameters()),
-                 "s_per_epoch": float(np.median(times)), "l2": {}, "h1": {}, "eval_s": {}}
+                 "s_per_epoch": float(np.median(times)), "train_s": float(sum(times)), "l2": {}, "h1": {}, "eval_s": {}}
     with torch.no_grad():
         for res, (xt, yt) in tests.items():
             t0 = time.perf_counter()
@@ -262,18 +262,23 @@ def main(argv: Optional[list[str]] = None) -> dict:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cache", default="", help="directory to keep generated data sets in (npz), reused on rerun")
     p.add_argument("--out", default=str(RESULTS / "operators_resolution.json"))
+    p.add_argument("--update", action="store_true", help="keep the other models' rows already in --out (same config)")
+    p.add_argument("--note", default="", help="a remark stored with the results")
     args = p.parse_args(argv)
     args.eval_res = sorted({int(r) for r in str(args.eval_res).split(",") if r})
     torch.set_num_threads(args.threads)
     models = [m for m in args.models.split(",") if m]
     tasks = [t for t in args.tasks.split(",") if t]
     if any(t not in ("darcy", "ns") for t in tasks) or any(m not in MODELS for m in models):
-        raise SystemExit(f"--tasks must list darcy/ns and --models some of {MODELS}; got {args.tasks!r}, {args.models!r}")
+        raise SystemExit(f"--tasks must list darcy/ns and --models some of {MODELS}; "
+                         f"got {args.tasks!r}, {args.models!r}")
     t_all = time.perf_counter()
+    old = json.loads(Path(args.out).read_text()) if args.update and Path(args.out).exists() else {}
     result: dict = {"config": vars(args), "machine": platform.platform(), "torch": torch.__version__,
                     "test_sets": "the same n_test functions at every resolution: Darcy GRF drawn at the finest grid, "
                                  "cell-averaged, thresholded and solved at each resolution; Navier-Stokes solved at "
                                  "the finest grid and subsampled"}
+    result.update({k: old[k] for k in ("darcy", "navier_stokes") if k in old})  # --update: tasks not rerun
     for task in tasks:
         t0 = time.perf_counter()
         periodic = task == "ns"
@@ -284,14 +289,14 @@ def main(argv: Optional[list[str]] = None) -> dict:
             train = ns_train(args.n_train, args.res, args.seed + 2, args.ns_T, args.ns_nu, args.cache)
             tests = ns_test(args.n_test, args.eval_res, args.seed + 3, args.ns_T, args.ns_nu, args.cache)
         data_s = time.perf_counter() - t0
-        rows = {}
+        key = "darcy" if task == "darcy" else "navier_stokes"
+        rows = dict(old.get(key, {}).get("models", {}))
         for m in models:
             rows[m] = r = train_eval(m, args, train, tests, periodic)
             at = r["l2"].get(str(args.res))
             finer = [v for n, v in r["l2"].items() if int(n) > args.res and v is not None]
             r["l2_ratio"] = max(finer) / at if at and finer else None  # worst zero-shot refinement / training res
             print(f"  {task} {m}: " + json.dumps({k: r[k] for k in ("l2", "s_per_epoch")}), flush=True)
-        key = "darcy" if task == "darcy" else "navier_stokes"
         result[key] = {"data_s": data_s, "models": rows}
         title = (f"Darcy, trained at {args.res}" if task == "darcy"
                  else f"Navier-Stokes w(0) -> w({args.ns_T}), nu={args.ns_nu}, trained at {args.res}")

@@ -178,7 +178,8 @@ def interpolation_matrix(k: int, s: int, kernel: str = "constant", dtype: torch.
         return _overlap_rule(k, 1, (k - 1) // 2, Fraction(s))[0].to(dtype) if k % 2 else \
             _overlap_rule(k, 2, k // 2 - 1, Fraction(s))[0].to(dtype)
     if kernel == "point":
-        return (_point_rule(k, 1, (k - 1) // 2, Fraction(s)) if k % 2 else _point_rule(k, 2, k // 2 - 1, Fraction(s)))[0].to(dtype)
+        rule = _point_rule(k, 1, (k - 1) // 2, Fraction(s)) if k % 2 else _point_rule(k, 2, k // 2 - 1, Fraction(s))
+        return rule[0].to(dtype)
     if k % 2:  # the paper's vertex-centred rule: s k - s + 1 taps, linear interpolation
         kp = s * k - s + 1
         t = (torch.arange(kp, dtype=dtype) - (kp - 1) / 2) / s
@@ -256,7 +257,8 @@ class _Strided(_Scaled):
         return mats, pads
 
 
-def _pad_crop(x: torch.Tensor, pads: Sequence[tuple[int, int]], mode: str = "constant", value: float = 0.0) -> torch.Tensor:
+def _pad_crop(x: torch.Tensor, pads: Sequence[tuple[int, int]], mode: str = "constant",
+              value: float = 0.0) -> torch.Tensor:
     """Pad (or, for negative amounts, crop) the trailing ``len(pads)`` axes of ``x``."""
     flat = [v for lo, hi in reversed(pads) for v in (lo, hi)]
     if mode == "constant":
@@ -354,7 +356,8 @@ class OperatorPool(_Strided):
         geo = self._geometry(x)
         if geo is None:
             if self.is_max:
-                return {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}[self.nd](x, self.kernel_size, self.stride, self.padding)
+                fn = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}[self.nd]
+                return fn(x, self.kernel_size, self.stride, self.padding)
             fn = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}[self.nd]
             return fn(x, self.kernel_size, self.stride, self.padding, count_include_pad=self.count_include_pad)
         mats, pads = geo

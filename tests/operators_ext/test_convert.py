@@ -206,7 +206,7 @@ def _cell_mean(x: torch.Tensor, y: torch.Tensor, h: float) -> torch.Tensor:
     """The field's exact average over the h x h cell centred at (x, y): each mode times sinc(k h / 2) per axis."""
     out = torch.zeros_like(x)
     for kx, ky, a in _MODES:
-        damp = torch.sinc(torch.tensor(kx * h, dtype=torch.float64)) * torch.sinc(torch.tensor(ky * h, dtype=torch.float64))
+        damp = math.prod(float(torch.sinc(torch.tensor(k * h, dtype=torch.float64))) for k in (kx, ky))
         out = out + a * damp * torch.cos(2 * math.pi * (kx * x + ky * y))
     return out
 
@@ -271,8 +271,8 @@ def test_naive_maxpool_and_strided_conv_drift_under_refinement():
     w, b = conv.weight.detach()[0, 0], float(conv.bias.detach())
     with torch.no_grad():
         naive = [_rel(conv(_periodic(n)), _limit(w, b, 2, 1, 16, n // 2)) for n in (16, 32, 64)]
-        pooled = [_rel(F.max_pool2d(_periodic(n), 2)[..., 1:-1, 1:-1], _limit(None, 0, 2, 0, 16, n // 2, "max")[..., 1:-1, 1:-1])
-                  for n in (16, 32, 64)]
+        pooled = [_rel(F.max_pool2d(_periodic(n), 2)[..., 1:-1, 1:-1],
+                       _limit(None, 0, 2, 0, 16, n // 2, "max")[..., 1:-1, 1:-1]) for n in (16, 32, 64)]
     assert naive[2] > naive[0] and pooled[2] > pooled[0]
 
 
