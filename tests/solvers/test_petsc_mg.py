@@ -350,3 +350,19 @@ def test_plugin_option_errors(mpi_ctx, kind, option, value, match):
     with pytest.raises((ValueError, FileNotFoundError), match=match):
         ctx.setUp(pc)
     _cleanup(pc, da, mat, keys=keys)
+
+
+def test_plugin_options_table(mpi_ctx):
+    """Plugins read their options through one table (Plugin.options): defaults, parsed values (levels 0 = as many
+    as the grid allows), and a value of the wrong type is an error naming the option and the value."""
+    A, _, _ = ex45_csr(9, 9, 9)
+    grid = ProcessGrid(mpi_ctx, (9, 9, 9))
+    mat = _mat(A, grid)
+    pc, da, keys = _pc(mat, grid, "MG", deepkrylov_mg_levels="0", deepkrylov_mg_omega="0.7")
+    ctx = pc.getPythonContext()
+    assert (ctx.levels, ctx.omega, ctx.degree, ctx.smoother) == (None, 0.7, 2, "chebyshev")
+    key = pc.getOptionsPrefix() + "deepkrylov_mg_degree"
+    PETSc.Options().setValue(key, "two")
+    with pytest.raises(ValueError, match=r"-dkmg\d+_deepkrylov_mg_degree must be an integer, but got 'two'"):
+        ctx.setFromOptions(pc)
+    _cleanup(pc, da, mat, keys=keys + [key])

@@ -144,6 +144,7 @@ class KSPPlugin(Plugin):
         super().create(ksp)
         self.last = None
 
+    @_reports_errors
     def setUp(self, ksp: Any) -> None:
         self._check(ksp)
         self.grid = None
