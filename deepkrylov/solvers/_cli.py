@@ -411,7 +411,7 @@ def _load_matrix_problem(args: argparse.Namespace, ctx: Any) -> tuple[Any, Any, 
     grid = ProcessGrid(ctx, shape, dims=(ctx.size,) + (1,) * (len(shape) - 1))
     plane = int(np.prod(shape[1:]))
     r0, r1 = grid.offsets[0][grid.coords[0]] * plane, grid.offsets[0][grid.coords[0] + 1] * plane
-    b = _read_rhs_rows(args.rhs, r0, r1)
+    b = _collectively(ctx, lambda: _read_rhs_rows(args.rhs, r0, r1))
     _collective_finite(ctx, b, f"the right-hand side {args.rhs.name} has {{bad}} NaN or Inf entries (of {size}); it "
                        "must be finite")
     if ctx.size > 1 or args.matrix.suffix != ".npz":
@@ -423,7 +423,7 @@ def _load_matrix_problem(args: argparse.Namespace, ctx: Any) -> tuple[Any, Any, 
             why = "on several ranks" if ctx.size > 1 else "in PETSc's binary format"
             raise _InputError(f"--matrix {why} needs petsc4py (pip install deepkrylov[petsc])") from None
     if args.matrix.suffix == ".npz":
-        indptr, indices, data, mshape = _read_npz_rows(args.matrix, r0, r1)
+        indptr, indices, data, mshape = _collectively(ctx, lambda: _read_npz_rows(args.matrix, r0, r1))
     else:
         indptr = indices = None
         mat, mshape, data = _load_petsc_mat(args.matrix, grid)
@@ -447,6 +447,19 @@ def _load_matrix_problem(args: argparse.Namespace, ctx: Any) -> tuple[Any, Any, 
         mat = _create_aij(grid, indptr, indices, data)
     mat.setOption(import_petsc().Mat.Option.SYMMETRIC, True)
     return PetscMatOperator(mat, grid), bg, grid, what
+
+
+def _collectively(ctx: Any, read: Callable[[], Any]) -> Any:
+    """``read()`` on every rank; when it fails on some rank (a file truncated inside one rank's rows), every rank
+    raises that rank's error, so that no rank waits in a collective for one that has left."""
+    try:
+        out, err = read(), None
+    except (_InputError, ValueError, OSError) as exc:
+        out, err = None, " ".join(str(exc).split())
+    errors = [e for e in (ctx.comm.allgather_object(err) if ctx.size > 1 else [err]) if e]
+    if errors:
+        raise _InputError(errors[0])
+    return out
 
 
 def _collective_finite(ctx: Any, values: np.ndarray, message: str) -> None:
