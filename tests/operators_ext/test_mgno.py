@@ -84,15 +84,16 @@ def test_whole_model_resampling():
 
 def test_multigrid_initial_transfers():
     # transfer_init="multigrid": restriction = random + the 2x2 cell average of each channel, prolongation =
-    # random + cell-centred bilinear interpolation; "random" is torch's default (the authors')
+    # random + cell-centred bilinear interpolation, smoothers / levels; "random" (default) is torch's (the authors')
     torch.manual_seed(5)
-    a = MgConv(2, 2, [[1, 0], [1, 0]], dim=1, transfer_init="random")
+    a = MgConv(2, 2, [[1, 0], [1, 0]], dim=1)
     torch.manual_seed(5)
-    b = MgConv(2, 2, [[1, 0], [1, 0]], dim=1)
+    b = MgConv(2, 2, [[1, 0], [1, 0]], dim=1, transfer_init="multigrid")
     torch.testing.assert_close(b.restrict_u[0].weight - a.restrict_u[0].weight,
                                torch.eye(2)[:, :, None] * torch.tensor([0.0, 0.5, 0.5]))
     torch.testing.assert_close(b.prolong[0].weight - a.prolong[0].weight,
                                torch.eye(2)[:, :, None] * torch.tensor([0.25, 0.75, 0.75, 0.25]))
+    torch.testing.assert_close(b.pre[1][0].S.weight, a.pre[1][0].S.weight / 2)  # 2 levels
 
 
 @pytest.mark.parametrize("dim", [1, 2, 3])
