@@ -62,7 +62,8 @@ def _local_field(value: Any, grid: StructuredGrid, partition: Optional[ProcessGr
             raise ValueError(f"{what} is a GridTensor on another partition ({value.grid!r}) than the operator's "
                              f"({partition!r})")
         if value.local.shape[:2] != (1, 1):
-            raise ValueError(f"{what} must have batch and channels 1, but its block has shape {tuple(value.local.shape)}")
+            raise ValueError(f"{what} must have batch and channels 1, but its block has shape "
+                             f"{tuple(value.local.shape)}")
         return value.local.reshape(block)
     if callable(value):
         out = torch.as_tensor(value(grid.meshgrid(partition=partition)))

@@ -38,7 +38,8 @@ class StructuredGrid:
             n *= s
         return n
 
-    def centers(self, dtype: torch.dtype = torch.float64, partition: Optional["ProcessGrid"] = None) -> list[torch.Tensor]:
+    def centers(self, dtype: torch.dtype = torch.float64,
+                partition: Optional["ProcessGrid"] = None) -> list[torch.Tensor]:
         """1D cell-centre coordinates per axis; with ``partition``, those of this rank's block (the same numbers as
         the whole grid's, sliced)."""
         if partition is None:
@@ -49,7 +50,8 @@ class StructuredGrid:
         return [(torch.arange(s, s + n, dtype=dtype) + 0.5) * h
                 for s, n, h in zip(partition.starts, partition.local_shape, self.spacing)]
 
-    def meshgrid(self, dtype: torch.dtype = torch.float64, partition: Optional["ProcessGrid"] = None) -> list[torch.Tensor]:
+    def meshgrid(self, dtype: torch.dtype = torch.float64,
+                 partition: Optional["ProcessGrid"] = None) -> list[torch.Tensor]:
         """Cell-centre coordinates as ``ndim`` arrays of ``shape`` (``indexing='ij'``; broadcast views, no copies);
         with ``partition``, of this rank's block."""
         return list(torch.meshgrid(*self.centers(dtype, partition), indexing="ij"))

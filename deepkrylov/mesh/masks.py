@@ -87,8 +87,8 @@ def mask_from_shapes(
 
 
 def mask_from_voxels(
-    voxels: Union[str, Path, np.ndarray, torch.Tensor], grid: StructuredGrid, *, partition: Optional[ProcessGrid] = None,
-    dataset: Optional[str] = None,
+    voxels: Union[str, Path, np.ndarray, torch.Tensor], grid: StructuredGrid, *,
+    partition: Optional[ProcessGrid] = None, dataset: Optional[str] = None,
 ) -> Union[torch.Tensor, GridTensor]:
     """A mask from integer voxels with values FLUID/SOLID/EMPTY and the grid's shape: an array, a ``.npy`` file or
     an HDF5 file (``dataset``); with ``partition`` only this rank's block is read (see

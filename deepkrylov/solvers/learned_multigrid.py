@@ -164,7 +164,6 @@ def _features(ops: list[DiffusionOperator]) -> list[torch.Tensor]:
 
 def _shifted(p: torch.Tensor, a: int, step: int, shape: tuple) -> torch.Tensor:
     """``out[j] = w[j - step e_a]`` read from ``w`` padded by one cell on its last ``len(shape)`` axes."""
-    nd = len(shape)
     idx = [slice(1, n + 1) for n in shape]
     idx[a] = slice(1 - step, 1 - step + shape[a])
     return p[(Ellipsis,) + tuple(idx)]

@@ -75,7 +75,8 @@ def test_operator_on_blocks_equals_whole(ctx, shape, bc, masked, coef):
     grid = StructuredGrid(shape, extent=[0.5 + 0.25 * a for a in range(len(shape))])
     B = _bc(bc, len(shape))
     P = ProcessGrid(ctx, shape)
-    k_whole = {"one": None, "constant-array": torch.full(shape, 1.7, dtype=torch.float64)}.get(coef, 0.5 + _rand(shape, 8))
+    k_whole = {"one": None, "constant-array": torch.full(shape, 1.7, dtype=torch.float64)}.get(coef,
+                                                                                            0.5 + _rand(shape, 8))
     k_local = {"gridtensor": GridTensor(_block(k_whole, P)[None, None].clone(), P) if k_whole is not None else None,
                "function": lambda X: 0.5 + _rand(shape, 8)[P.local_slices] + 0 * X[0]}.get(coef, k_whole)
     mask = _mask(shape) if masked else None
