@@ -71,13 +71,13 @@ def _train(darcy: str, out: str, *extra: str) -> int:
 
 def test_cli_resume_takes_the_runs_options(darcy, tmp_path, capsys) -> None:
     out = str(tmp_path / "run")
-    assert _train(darcy, out, "--epochs", "1", "--loss", "h1", "--lr", "2e-3") == 0
-    # the README's resume line: --loss and --lr not given -> the run's h1 and 2e-3, not the CLI defaults
+    assert _train(darcy, out, "--epochs", "1", "--loss", "l2", "--lr", "2e-3") == 0
+    # the README's resume line: --loss and --lr not given -> the run's l2 and 2e-3, not the CLI defaults (h1)
     assert main(["train", "fno", "--data", darcy, "--out", out, "--epochs", "2", "--resume"]) == 0
     cfg = checkpoint_config(str(tmp_path / "run" / "last.pt"))
-    assert (cfg["loss"], cfg["lr"], cfg["epochs"], cfg["batch_size"]) == ("h1", 2e-3, 2, 4)
+    assert (cfg["loss"], cfg["lr"], cfg["epochs"], cfg["batch_size"]) == ("l2", 2e-3, 2, 4)
     err = capsys.readouterr().err
-    assert "with the run's " in err and "--loss h1" in err and "--lr 0.002" in err
+    assert "with the run's " in err and "--loss l2" in err and "--lr 0.002" in err
     spec = json.loads((tmp_path / "run" / "model.json").read_text())
     assert (spec["width"], spec["modes"], spec["layers"]) == (8, 4, 2)
     epochs = [json.loads(s)["epoch"] for s in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
