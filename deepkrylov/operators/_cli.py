@@ -227,9 +227,6 @@ def _check_train(args: argparse.Namespace) -> None:
     res = getattr(args, "resolutions", None)
     if res is not None and (not res or min(res) < 1):
         bad.append(f"--resolutions must be positive grid sizes like 32,64, got {res}")
-    elif res and args.model == "mgno" and any(r % 2 ** (args.levels - 1) for r in res):
-        bad.append(f"--resolutions {res}: every size must be a multiple of 2^(levels-1) = {2 ** (args.levels - 1)} "
-                   f"for MgNO with --levels {args.levels}")
     if os.path.exists(args.out) and not os.path.isdir(args.out):
         bad.append(f"--out {args.out!r} is a file, not a directory")
     if bad:
@@ -482,6 +479,16 @@ def _cmd_train(args: argparse.Namespace) -> int:
                     normalization=list(_statistics(args.model, Normalized.statistics(*train.tensors))))
         model = _build(args, spec)
         fwd = None  # type: ignore[assignment]
+        if args.model == "mgno" and args.resolutions:  # the grids this MgNO takes: training grid * 2^k
+            from .mgno import valid_sizes
+
+            for r in args.resolutions:
+                for n in spec["resolution"]:
+                    ok = valid_sizes(r, args.levels, n)
+                    if r not in ok:
+                        raise SystemExit(f"deepkrylov train mgno: --resolutions {r} is not a grid this MgNO takes "
+                                         f"(trained on {n} with --levels {args.levels}); the nearest valid sizes "
+                                         f"are {' and '.join(map(str, ok))}")
     cfg = _train_config(args, x.ndim - 1)
     if ctx.is_root:
         os.makedirs(args.out, exist_ok=True)

@@ -115,7 +115,9 @@ def test_bad_input_is_named(darcy, tmp_path, monkeypatch) -> None:
     _fails(["train", "mgno", "--data", "train.h5", "--levels", 7, "--out", tmp_path / "m"],
            "multiple of 2**(levels-1) = 64", "use --levels 6 or fewer")
     _fails(["train", "mgno", "--data", "train.h5", "--levels", 3, "--resolutions", "8,6"],
-           "--resolutions [8, 6]: every size must be a multiple of 2^(levels-1) = 4")
+           "--resolutions 6 is not a grid this MgNO takes", "nearest valid sizes are 8")
+    _fails(["train", "mgno", "--data", "train.h5", "--levels", 3, "--resolutions", "16,48"],
+           "--resolutions 48 is not a grid", "nearest valid sizes are 32 and 64")
     _fails(["train", "deeponet", "--data", "train.h5"], "'train.h5' holds inputs (32, 32)", "grid fields: use mgno")
     import numpy as np
 
