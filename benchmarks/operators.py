@@ -217,6 +217,7 @@ def _table(title: str, rows: dict[str, dict], resolutions: list[int], train_res:
 
 def _plot(result: dict, path: Path) -> None:
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -231,8 +232,9 @@ def _plot(result: dict, path: Path) -> None:
         ax.set(xscale="log", yscale="log", xlabel="evaluation resolution n (n x n)", ylabel="relative L2 error",
                title=f"{task.replace('_', '-')}: trained at {result['config']['res']}, zero-shot elsewhere")
         ax.set_xticks(result["config"]["eval_res"], [str(n) for n in result["config"]["eval_res"]])
+        ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend()
+        ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
