@@ -1,9 +1,11 @@
 """An ``mpirun`` training job: domain-parallel MgNO on Darcy flow, with checkpoints and resume.
 
-What it shows: every rank holds one block of every sample's 2D grid (a GridTensor from a ProcessGrid, split as
-PETSc's DMDA would split it); MgNO's convolutions exchange halos, the Trainer gathers the output for the loss and
-sums the weight gradients over the ranks, so the run follows the serial one up to float32 rounding -- the way to
-train on grids whose activations do not fit one process. The Trainer writes ``last.pt`` (full state: weights,
+What it shows: every rank reads and holds only its block of every sample's 2D grid (``data.HDF5Fields`` on a
+ProcessGrid, split as PETSc's DMDA would split it: an HDF5 hyperslab read per batch); the normalisation comes
+from float64 sums over the blocks; MgNO's convolutions exchange halos; the Trainer computes the loss and metrics
+on the blocks with global reductions and sums the weight gradients over the ranks. No rank ever holds a whole
+field, and the run follows the serial one up to float32 rounding -- the way to train on grids whose samples and
+activations do not fit one process. The Trainer writes ``last.pt`` (full state: weights,
 optimizer, learning-rate schedule (x0.9 per epoch), epoch, RNG) every epoch, ``best.pt`` at the best test error,
 and ``metrics.jsonl``; ``--resume`` continues from ``last.pt`` bit for bit, and refuses options that differ from
 the run's (except ``--epochs``), naming them. At the end rank 0 writes ``prediction.png`` (a test sample: input,
@@ -40,11 +42,9 @@ from typing import Optional
 
 import numpy as np
 import torch
-from torch.utils.data import TensorDataset
-
 from deepkrylov.distributed import ProcessGrid, init
 from deepkrylov.operators import MgNO, Normalized, Trainer
-from deepkrylov.operators.data import load_dataset
+from deepkrylov.operators.data import HDF5Fields
 
 
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
@@ -67,11 +67,12 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def load(path: str) -> tuple[torch.Tensor, torch.Tensor]:
-    arrays, attrs = load_dataset(path, fields=("a", "u"))
-    a = torch.as_tensor(arrays["a"], dtype=torch.float32)[:, None]
-    u = torch.as_tensor(arrays["u"], dtype=torch.float32)[:, None]
-    return a, u
+def samples(path: str) -> tuple[int, tuple[int, ...]]:
+    """Number of samples and grid shape of the Darcy file's coefficient field ``a`` (metadata only)."""
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        return f["a"].shape[0], tuple(f["a"].shape[1:])
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -79,26 +80,27 @@ def main(argv: Optional[list[str]] = None) -> int:
     ctx = init()  # mpi4py under mpiexec/mpirun; one process: no communication
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1") or 1))
 
-    a, u = load(args.data)
-    if args.test:
-        at, ut = load(args.test)
-        ntrain = a.shape[0] if args.ntrain is None else args.ntrain
-    else:
-        ntrain = int(0.8 * a.shape[0]) if args.ntrain is None else args.ntrain
-        at, ut = a[ntrain:], u[ntrain:]
-    if not 1 <= ntrain <= a.shape[0] or at.shape[0] == 0:
-        raise SystemExit(f"need 1 <= --ntrain <= {a.shape[0]} and a non-empty test set, but got ntrain={ntrain}")
-    train, test = TensorDataset(a[:ntrain], u[:ntrain]), TensorDataset(at, ut)
-    shape = tuple(a.shape[2:])
-    if any(n % 2 ** (args.levels - 1) for n in shape):
+    n, shape = samples(args.data)
+    ntrain = (n if args.test else int(0.8 * n)) if args.ntrain is None else args.ntrain
+    n_test, test_shape = samples(args.test) if args.test else (n - ntrain, shape)
+    if not 1 <= ntrain <= n or n_test <= 0:
+        raise SystemExit(f"need 1 <= --ntrain <= {n} and a non-empty test set, but got ntrain={ntrain}")
+    if test_shape != shape:
+        raise SystemExit(f"the test grid {test_shape} differs from the training grid {shape}")
+    if any(s % 2 ** (args.levels - 1) for s in shape):
         raise SystemExit(f"--levels {args.levels} needs grid sizes divisible by {2 ** (args.levels - 1)}, "
                          f"but the data are {shape}")
 
     grid = ProcessGrid(ctx, shape)  # each rank: one block of every sample
+    train = HDF5Fields(args.data, ("a", "u"), grid, samples=range(ntrain))  # reads only this rank's block
+    test_ids = range(n_test) if args.test else range(ntrain, n)
+    test = HDF5Fields(args.test or args.data, ("a", "u"), grid, samples=test_ids)
     torch.manual_seed(args.seed)  # the same initial weights on every rank
     net = MgNO(1, 1, channels=args.width, num_layers=args.layers, dim=2,
-               iterations=((1, 0),) * (args.levels - 1) + ((2, 0),))
-    model = Normalized.fit(net, *train.tensors)  # scalar statistics: resolution-agnostic, saved in the state dict
+               iterations=((1, 0),) * (args.levels - 1) + ((2, 0),), resolution=list(shape))
+    # scalar statistics from sums over the blocks, scale only (zero stays zero: Dirichlet data, see Normalized)
+    stats = Normalized.uncentered(*Normalized.dataset_statistics(train, ctx.comm))
+    model = Normalized(net, *stats)  # saved in the state dict
     config = dict(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, loss=args.loss, loss_dim=2,
                   scheduler="exponential", gamma=0.9, seed=args.seed, progress=ctx.is_root and not args.no_progress)
     trainer = Trainer(model, config, out_dir=args.out, grid=grid)
@@ -118,20 +120,21 @@ def main(argv: Optional[list[str]] = None) -> int:
         summary = {"epochs": trainer.epoch, "ranks": ctx.size, "grid": list(shape), "ntrain": ntrain,
                    "test_rel_l2": last["rel_l2"], "best_test_rel_l2": trainer.best, "config": dict(trainer.config)}
         Path(args.out, "summary.json").write_text(json.dumps(summary, indent=1))
-        plot(trainer.module, test, Path(args.out, "prediction.png"))  # whole tensors on rank 0: no communication
+        first = HDF5Fields(args.test or args.data, ("a", "u"), samples=test_ids[:1])  # one whole sample, rank 0
+        plot(trainer.module, first, Path(args.out, "prediction.png"))
         print(f"test rel L2 {last['rel_l2']:.4f} after {trainer.epoch} epochs; wrote {args.out}/last.pt, best.pt, "
               f"metrics.jsonl, summary.json, prediction.png")
     return 0
 
 
 @torch.no_grad()
-def plot(model: torch.nn.Module, test: TensorDataset, path: Path) -> None:
+def plot(model: torch.nn.Module, test: HDF5Fields, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    a, u = test.tensors[0][:1], test.tensors[1][:1]
+    a, u = (t[None] for t in test[0])
     pred = model.eval()(a)
     panels = [(a, "coefficient a"), (u, "truth u"), (pred, "prediction"), (pred - u, "error")]
     fig, axs = plt.subplots(1, 4, figsize=(14, 3.2))

@@ -294,27 +294,6 @@ def _statistics(model: str, stats: tuple[float, float, float, float]) -> tuple[f
     return Normalized.uncentered(*stats) if model == "mgno" else tuple(stats)  # type: ignore[return-value]
 
 
-def _block_statistics(ds: Any, comm: Any, chunk: int = 64) -> tuple[float, float, float, float]:
-    """``Normalized.statistics`` of the whole training fields from this rank's blocks (float64 sums over the ranks,
-    two passes: mean, then the unbiased variance)."""
-    n = len(ds)
-    sums = torch.zeros(3, dtype=torch.float64)
-    for i in range(0, n, chunk):
-        x, y = torch.utils.data.default_collate(ds.__getitems__(list(range(i, min(i + chunk, n)))))
-        sums += torch.tensor([x.double().sum(), y.double().sum(), x.numel()], dtype=torch.float64)
-    comm.allreduce_(sums)
-    mx, my, count = float(sums[0] / sums[2]), float(sums[1] / sums[2]), float(sums[2])
-    sq = torch.zeros(2, dtype=torch.float64)
-    for i in range(0, n, chunk):
-        x, y = torch.utils.data.default_collate(ds.__getitems__(list(range(i, min(i + chunk, n)))))
-        sq += torch.stack([(x.double() - mx).pow(2).sum(), (y.double() - my).pow(2).sum()])
-    comm.allreduce_(sq)
-    sx, sy = float(sq[0] / (count - 1)) ** 0.5, float(sq[1] / (count - 1)) ** 0.5
-    if not (sx > 0 and sy > 0):
-        raise ValueError("training inputs and targets must not be constant (zero standard deviation)")
-    return mx, sx, my, sy
-
-
 def load_arrays(path: str) -> tuple[np.ndarray, np.ndarray, Optional[np.ndarray]]:
     """``(inputs (N, ...), targets (N, ...), coordinates or None)`` of a generated file, with clear errors."""
     from .data import load_dataset
@@ -531,6 +510,7 @@ def _train_domain_parallel(args: argparse.Namespace, ctx: Any) -> int:
     from deepkrylov.distributed import ProcessGrid
 
     from .data import HDF5Fields
+    from .normalization import Normalized
 
     try:
         fields, n, shape = _grid_layout(args.data)
@@ -555,7 +535,7 @@ def _train_domain_parallel(args: argparse.Namespace, ctx: Any) -> int:
     if args.model == "mgno":
         spec["levels"] = args.levels
     spec.update(width=args.width, layers=args.layers, modes=args.modes, dim=len(shape), resolution=list(shape),
-                normalization=list(_statistics(args.model, _block_statistics(train, ctx.comm))))
+                normalization=list(_statistics(args.model, Normalized.dataset_statistics(train, ctx.comm))))
     torch.manual_seed(args.seed)  # the initial weights depend on the seed only, as in the serial run
     model = _build(args, spec)
     return _run(args, ctx, spec, model, _train_config(args, len(shape)), train, test, grid=grid)

@@ -14,6 +14,7 @@ is then off by the mean everywhere, an offset the relative H1 loss hardly sees (
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import nn
@@ -41,6 +42,39 @@ class Normalized(nn.Module):
         if not (xs > 0 and ys > 0):
             raise ValueError("training inputs and targets must not be constant (zero standard deviation)")
         return float(x.mean()), xs, float(y.mean()), ys
+
+    @staticmethod
+    def dataset_statistics(ds: "torch.utils.data.Dataset", comm: Any = None, chunk: int = 64
+                           ) -> tuple[float, float, float, float]:
+        """:meth:`statistics` of a dataset of ``(input, target)`` samples read in chunks; with ``comm`` (a
+        :class:`~deepkrylov.distributed.Comm`) the samples are this rank's blocks of the fields (e.g.
+        ``data.HDF5Fields`` on a ProcessGrid) and the float64 sums run over the ranks, so no rank holds a whole
+        field. Two passes: the means, then the unbiased variances."""
+        n = len(ds)
+
+        def batches():  # type: ignore[no-untyped-def]
+            for i in range(0, n, chunk):
+                idx = list(range(i, min(i + chunk, n)))
+                items = ds.__getitems__(idx) if hasattr(ds, "__getitems__") else [ds[j] for j in idx]
+                x, y = torch.utils.data.default_collate(items)[:2]
+                yield x.double(), y.double()
+
+        def reduce(t: torch.Tensor) -> torch.Tensor:
+            return comm.allreduce_(t) if comm is not None else t
+
+        sums = torch.zeros(3, dtype=torch.float64)
+        for x, y in batches():
+            sums += torch.stack([x.sum(), y.sum(), torch.tensor(float(x.numel()), dtype=torch.float64)])
+        reduce(sums)
+        mx, my, count = float(sums[0] / sums[2]), float(sums[1] / sums[2]), float(sums[2])
+        sq = torch.zeros(2, dtype=torch.float64)
+        for x, y in batches():
+            sq += torch.stack([(x - mx).pow(2).sum(), (y - my).pow(2).sum()])
+        reduce(sq)
+        sx, sy = float(sq[0] / (count - 1)) ** 0.5, float(sq[1] / (count - 1)) ** 0.5
+        if not (sx > 0 and sy > 0):
+            raise ValueError("training inputs and targets must not be constant (zero standard deviation)")
+        return mx, sx, my, sy
 
     @staticmethod
     def uncentered(in_mean: float, in_std: float, out_mean: float, out_std: float) -> tuple[float, float, float, float]:
