@@ -47,7 +47,9 @@ def test_ksp_plugin_equals_python_dcdm(ctx, model_file):
                          options={"ksp_python_type": "deepkrylov.solvers.petsc.DCDM", "ksp_dcdm_model": path})
     assert plug.info["ksp_type"] == "python"
     assert plug.iterations == ref.iterations == 12
-    np.testing.assert_allclose(plug.residual_norms, ref.residual_norms, rtol=1e-6)
+    # the network runs in float32 (relative rounding ~1e-7 per call), and on this right-hand side the first dozen
+    # directions barely reduce the residual, so rounding differences of the two call paths accumulate to ~1e-6
+    np.testing.assert_allclose(plug.residual_norms, ref.residual_norms, rtol=1e-5)
     np.testing.assert_allclose(plug.x.gather().numpy(), ref.x.gather().numpy(), rtol=0, atol=1e-6)
 
 
