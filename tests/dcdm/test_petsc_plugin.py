@@ -50,7 +50,7 @@ def test_ksp_plugin_equals_python_dcdm(ctx, model_file):
     # the network runs in float32 (relative rounding ~1e-7 per call), and on this right-hand side the first dozen
     # directions barely reduce the residual, so rounding differences of the two call paths accumulate to ~1e-6
     np.testing.assert_allclose(plug.residual_norms, ref.residual_norms, rtol=1e-5)
-    np.testing.assert_allclose(plug.x.gather().numpy(), ref.x.gather().numpy(), rtol=0, atol=1e-6)
+    np.testing.assert_allclose(plug.x.gather().numpy(), ref.x.gather().numpy(), rtol=0, atol=2e-5)  # |x| ~ 0.016
 
 
 def test_pc_plugin_drives_fcg(ctx):
