@@ -223,7 +223,7 @@ def _plot(result: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     tasks = [t for t in ("darcy", "navier_stokes") if t in result]
-    fig, axes = plt.subplots(1, len(tasks), figsize=(5.5 * len(tasks), 4.2), squeeze=False)
+    fig, axes = plt.subplots(1, len(tasks), figsize=(5.5 * len(tasks), 4.6), squeeze=False)
     for ax, task in zip(axes[0], tasks):
         for name, r in result[task]["models"].items():
             pts = [(int(n), v) for n, v in r["l2"].items() if v is not None]
@@ -234,7 +234,7 @@ def _plot(result: dict, path: Path) -> None:
         ax.set_xticks(result["config"]["eval_res"], [str(n) for n in result["config"]["eval_res"]])
         ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=4)  # below: never hides a point
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
