@@ -96,7 +96,7 @@ def _manufactured(n, dim):
 @pytest.mark.parametrize("dim", [1, 2, 3])
 def test_dirichlet_poisson_converges_at_second_order(dim):
     errors = []
-    for n in ((16, 32) if dim == 3 else (32, 64)):
+    for n in ((12, 24) if dim == 3 else (32, 64)):  # 3D: order 1.98 here, 7x cheaper than (16, 32)
         grid, u, f = _manufactured(n, dim)
         A = laplacian(grid)
         x = spla.spsolve(A.to_scipy().tocsc(), f.numpy().ravel())
