@@ -9,7 +9,5 @@ pytestmark = pytest.mark.mpi
 
 @pytest.mark.parametrize("n", [2, 4])
 def test_dcdm_on_ranks(n):
-    run_pytest_mpi(n, "tests/dcdm/test_network.py")
-    run_pytest_mpi(n, "tests/dcdm/test_iteration.py")
-    if n == 2:
-        run_pytest_mpi(n, "tests/dcdm/test_petsc_plugin.py")
+    files = ["tests/dcdm/test_network.py", "tests/dcdm/test_iteration.py"]
+    run_pytest_mpi(n, files + (["tests/dcdm/test_petsc_plugin.py"] if n == 2 else []))  # one launch
