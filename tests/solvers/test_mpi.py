@@ -6,12 +6,12 @@ import pytest
 
 from tests.helpers import run_pytest_mpi
 
+FILES = ["tests/solvers/test_krylov.py", "tests/solvers/test_petsc.py", "tests/solvers/test_mesh_solve.py",
+         "tests/solvers/test_multigrid.py", "tests/solvers/test_learned_multigrid.py"]
+
 
 @pytest.mark.mpi
 @pytest.mark.parametrize("n", [2, 4])
-@pytest.mark.parametrize(
-    "target", ["tests/solvers/test_krylov.py", "tests/solvers/test_petsc.py", "tests/solvers/test_mesh_solve.py",
-               "tests/solvers/test_multigrid.py", "tests/solvers/test_learned_multigrid.py"],
-)
-def test_on_ranks(n, target):
-    run_pytest_mpi(n, target, backend="mpi", timeout=300)
+def test_on_ranks(n):
+    """All solver files in one launch per rank count (a failure names its file and test)."""
+    run_pytest_mpi(n, FILES, backend="mpi", timeout=600)
