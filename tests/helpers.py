@@ -72,3 +72,32 @@ def assert_matches_serial(ctx, module, x_full, grid, atol=1e-10, param_rtol=1e-1
         torch.testing.assert_close(g, p.grad, rtol=param_rtol, atol=param_rtol)
     torch.testing.assert_close(x_loc.grad, xs.grad[(slice(None), slice(None)) + grid.local_slices], rtol=0, atol=atol)
     return y
+
+
+def assert_trainer_matches_serial(ctx, make_model, shape, samples, n_test, **cfg):  # type: ignore[no-untyped-def]
+    """``Trainer(grid=ProcessGrid(ctx, shape))`` on GridTensor blocks reaches the parameters, last training loss and
+    test rel L2 of the serial Trainer (1e-10), from the same float64 data and the model ``make_model()`` built
+    after the same seed."""
+    import torch
+    from torch.utils.data import TensorDataset
+
+    from deepkrylov.distributed import ProcessGrid
+    from deepkrylov.operators import Trainer
+
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn((samples, 1) + tuple(shape), generator=g, dtype=torch.float64)
+    y = torch.randn((samples, 1) + tuple(shape), generator=g, dtype=torch.float64)
+    cfg = dict(dict(lr=1e-2, progress=False, loss="l2", loss_dim=len(shape)), **cfg)
+    runs = []
+    for grid in (ProcessGrid(ctx, tuple(shape)), None):
+        torch.manual_seed(5)
+        model = make_model(x, y).double()
+        trainer = Trainer(model, cfg, grid=grid)
+        hist = trainer.fit(TensorDataset(x, y), {"test": TensorDataset(x[:n_test], y[:n_test])})
+        runs.append((model, hist))
+        del trainer
+    (dist, hd), (serial, hs) = runs
+    for p, q in zip(dist.parameters(), serial.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-10, atol=1e-10)
+    assert abs(hd[-1]["train_loss"] - hs[-1]["train_loss"]) < 1e-10
+    assert abs(hd[-1]["test/rel_l2"] - hs[-1]["test/rel_l2"]) < 1e-10

@@ -7,7 +7,7 @@ import torch
 
 from deepkrylov.distributed import GridTensor, ProcessGrid
 from deepkrylov.operators.fno import FNO, SpectralConv
-from tests.helpers import assert_matches_serial
+from tests.helpers import assert_matches_serial, assert_trainer_matches_serial
 
 CASES = [
     # dim, shape, modes, padding (0.2: the Fourier layers run on a larger grid, cropped back)
@@ -40,28 +40,9 @@ def test_spectral_conv_on_a_pencil_grid_equals_serial(ctx):
 
 def test_domain_parallel_trainer_step_equals_serial(ctx):
     """``Trainer(grid=...)``: one epoch of two batches of FNO on GridTensor blocks == the serial Trainer."""
-    from torch.utils.data import TensorDataset
-
-    from deepkrylov.operators import Trainer
-
-    shape = (12, 10)
-    g = torch.Generator().manual_seed(7)
-    x = torch.randn((4, 1) + shape, generator=g, dtype=torch.float64)
-    y = torch.randn((4, 1) + shape, generator=g, dtype=torch.float64)
-    cfg = dict(epochs=1, batch_size=2, lr=1e-2, progress=False, loss="l2", loss_dim=2)
-    runs = []
-    for grid in (ProcessGrid(ctx, shape), None):
-        torch.manual_seed(5)
-        model = FNO(1, 1, modes=3, width=4, num_layers=2, projection_channels=6).double()
-        trainer = Trainer(model, cfg, grid=grid)
-        hist = trainer.fit(TensorDataset(x, y), {"test": TensorDataset(x[:2], y[:2])})
-        runs.append((model, hist))
-        del trainer
-    (dist, hd), (serial, hs) = runs
-    for p, q in zip(dist.parameters(), serial.parameters()):
-        torch.testing.assert_close(p, q, rtol=1e-10, atol=1e-10)
-    assert abs(hd[-1]["train_loss"] - hs[-1]["train_loss"]) < 1e-10
-    assert abs(hd[-1]["test/rel_l2"] - hs[-1]["test/rel_l2"]) < 1e-10
+    assert_trainer_matches_serial(
+        ctx, lambda x, y: FNO(1, 1, modes=3, width=4, num_layers=2, projection_channels=6), (12, 10), samples=4,
+        n_test=2, epochs=1, batch_size=2)
 
 
 def test_gridtensor_of_the_wrong_dimension_is_refused(ctx):

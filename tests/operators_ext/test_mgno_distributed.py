@@ -9,7 +9,7 @@ import torch
 
 from deepkrylov.distributed import GridTensor, ProcessGrid
 from deepkrylov.operators.mgno import MgNO
-from tests.helpers import assert_matches_serial
+from tests.helpers import assert_matches_serial, assert_trainer_matches_serial
 
 CASES = [
     # dim, shape (divisible by 2**(levels-1)), iterations, padding mode
@@ -62,28 +62,11 @@ def test_domain_parallel_training_steps_equal_serial(ctx):
 def test_domain_parallel_trainer_equals_serial(ctx):
     """``Trainer(grid=...)``: two epochs of batches (the last one short) with normalised MgNO on GridTensor blocks
     reach the parameters and metrics of the serial Trainer."""
-    from torch.utils.data import TensorDataset
+    from deepkrylov.operators import Normalized
 
-    from deepkrylov.operators import Normalized, Trainer
-
-    shape = (16, 24)
-    g = torch.Generator().manual_seed(7)
-    x = torch.randn((6, 1) + shape, generator=g, dtype=torch.float64)
-    y = torch.randn((6, 1) + shape, generator=g, dtype=torch.float64)
-    cfg = dict(epochs=2, batch_size=4, lr=1e-2, progress=False, loss="l2", loss_dim=2)
-    runs = []
-    for grid in (ProcessGrid(ctx, shape), None):
-        torch.manual_seed(5)
-        model = Normalized.fit(MgNO(1, 1, channels=3, num_layers=2, iterations=[[1, 0], [1, 0], [1, 0]]), x, y)
-        trainer = Trainer(model.double(), cfg, grid=grid)
-        hist = trainer.fit(TensorDataset(x, y), {"test": TensorDataset(x[:3], y[:3])})
-        runs.append((model, hist))
-        del trainer
-    (dist, hd), (serial, hs) = runs
-    for p, q in zip(dist.parameters(), serial.parameters()):
-        torch.testing.assert_close(p, q, rtol=1e-10, atol=1e-10)
-    assert abs(hd[-1]["test/rel_l2"] - hs[-1]["test/rel_l2"]) < 1e-10
-    assert abs(hd[-1]["train_loss"] - hs[-1]["train_loss"]) < 1e-10
+    assert_trainer_matches_serial(
+        ctx, lambda x, y: Normalized.fit(MgNO(1, 1, channels=3, num_layers=2, iterations=[[1, 0]] * 3), x, y),
+        (16, 24), samples=6, n_test=3, epochs=2, batch_size=4)
 
 
 # -- domain-parallel training without whole samples: block-wise losses, HDF5 blocks, the Trainer ------------------
