@@ -28,7 +28,7 @@ from .layers import (
     conv,
     conv_transpose,
 )
-from .tensor import GridTensor
+from .tensor import GridTensor, as_grid_tensor, serial_grid
 from .fft import SpectralGrid, fftn, ifftn, irfftn, redistribute, rfftn
 
 __all__ = [
@@ -36,7 +36,7 @@ __all__ = [
     "Context", "init", "launch_environment",
     "ProcessGrid", "default_dims", "default_split",
     "HALO_MODES", "HaloExchange", "fill_halo_", "halo",
-    "GridTensor",
+    "GridTensor", "as_grid_tensor", "serial_grid",
     "HaloConv1d", "HaloConv2d", "HaloConv3d",
     "HaloConvTranspose1d", "HaloConvTranspose2d", "HaloConvTranspose3d",
     "conv", "conv_transpose",

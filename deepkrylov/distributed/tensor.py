@@ -8,16 +8,18 @@ does, that every rank goes on to compute the same function of them, so gradients
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 from typing import Any, Callable, Optional, Sequence, Union
 
 import torch
 
+from .comm import SelfComm
 from .grid import ProcessGrid
 from .halo import halo as _halo
 
-__all__ = ["GridTensor"]
+__all__ = ["GridTensor", "as_grid_tensor", "serial_grid"]
 
 
 class _AllReduceSum(torch.autograd.Function):
@@ -280,3 +282,53 @@ class GridTensor:
             f"GridTensor(shape={self.shape}, local_shape={tuple(self.local.shape)}, rank={self.grid.rank}/"
             f"{self.grid.size}, dtype={self.dtype}, device={self.device})"
         )
+
+
+
+@functools.lru_cache(maxsize=64)
+def serial_grid(shape: tuple[int, ...]) -> ProcessGrid:
+    """The one-rank process grid over ``shape`` (cached): where a plain tensor lives when it becomes a GridTensor."""
+    return ProcessGrid(SelfComm(), tuple(int(n) for n in shape))
+
+
+Restore = Callable[[GridTensor], Any]
+
+
+def _identity(y: GridTensor) -> GridTensor:
+    return y
+
+
+def as_grid_tensor(x: Union[torch.Tensor, GridTensor], spatial: Optional[Sequence[int]] = None
+                   ) -> tuple[GridTensor, Restore]:
+    """The one field type below ``operators``: ``x`` as a GridTensor, and the function that turns a result on the
+    same grid back into ``x``'s kind and layout.
+
+    A GridTensor is returned as it is (``restore`` is the identity). A plain tensor becomes a view on the one-rank
+    grid :func:`serial_grid`: with ``spatial`` (a grid's shape, 1 to 3 axes) ``x`` is ``spatial``,
+    ``(batch, *spatial)`` or ``(batch, channels, *spatial)``; without it every sample is flattened to one axis
+    (``(n,)`` is one sample, ``(batch, ...)`` a batch), as matrices see vectors. Entry points call this once, so
+    the code below them has one path whatever the rank count.
+    """
+    if isinstance(x, GridTensor):
+        return x, _identity
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"expected a torch.Tensor or GridTensor, but got {type(x).__name__}")
+    shape = tuple(x.shape)
+    if spatial is None:
+        if x.dim() == 0:
+            raise ValueError("expected a vector or a batch of fields, but got a 0-dim tensor")
+        lead, sp = ((1, 1), shape) if x.dim() == 1 else ((shape[0], 1), (math.prod(shape[1:]),))
+    else:
+        sp = tuple(int(n) for n in spatial)
+        nd = len(sp)
+        if shape[len(shape) - nd:] != sp or not nd <= len(shape) <= nd + 2:
+            raise ValueError(f"field of shape {shape} must be {sp}, (batch, *{sp}) or (batch, channels, *{sp})")
+        lead = ((1, 1), (shape[0], 1), shape[:2])[len(shape) - nd]
+    g = GridTensor(x.reshape(tuple(lead) + tuple(sp)), serial_grid(sp))
+
+    def restore(y: GridTensor) -> torch.Tensor:
+        if y.local.shape[:2] != g.local.shape[:2]:  # another channel count (a network's output): as it is
+            return y.local
+        return y.local.reshape(shape)
+
+    return g, restore
