@@ -23,6 +23,8 @@ class LinearOperator:
     #: True/False when known, None when unknown (solvers refuse only a known False).
     is_symmetric: Optional[bool] = None
     is_positive_definite: Optional[bool] = None
+    #: Whether apply takes GridTensors (a plain tensor's one-rank view among them); solvers adapt the others.
+    takes_grid_tensors: bool = False
 
     def apply(self, x: Any) -> Any:
         """``A x`` for a field ``x``."""

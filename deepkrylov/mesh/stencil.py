@@ -86,6 +86,8 @@ class DiffusionOperator(LinearOperator):
             constant, a broadcast view); ``constant_coefficient``: that constant, or None.
     """
 
+    takes_grid_tensors = True
+
     is_symmetric = True
 
     def __init__(

@@ -45,6 +45,8 @@ class MatrixOperator(LinearOperator):
         dtype / device: where the operator lives (default: float64 for numpy/SciPy, the tensor's own).
     """
 
+    takes_grid_tensors = True
+
     def __init__(
         self, matrix: Any, *, symmetric: Optional[bool] = None, positive_definite: Optional[bool] = None,
         dtype: Optional[torch.dtype] = None, device: Union[str, torch.device, None] = None,

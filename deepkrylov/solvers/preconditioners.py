@@ -28,6 +28,8 @@ class Preconditioner:
     is_symmetric: Optional[bool] = None
     is_positive_definite: Optional[bool] = None
     is_setup: bool = True
+    #: Whether apply takes GridTensors (a plain tensor's one-rank view among them); solvers adapt the others.
+    takes_grid_tensors: bool = False
 
     def setup(self, A: Any) -> "Preconditioner":
         """Prepare for operator ``A`` (default: nothing). Returns self."""
@@ -61,6 +63,7 @@ class Identity(Preconditioner):
 
     is_symmetric = True
     is_positive_definite = True
+    takes_grid_tensors = True
 
     def apply(self, r: Any) -> Any:
         return r
@@ -76,6 +79,7 @@ class Jacobi(Preconditioner):
     """
 
     is_symmetric = True
+    takes_grid_tensors = True
 
     def __init__(self, A: Any = None, *, zero_pivot: str = "error") -> None:
         if zero_pivot not in ("error", "one"):
