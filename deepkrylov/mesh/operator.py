@@ -11,6 +11,8 @@ from typing import Any, Optional
 
 import torch
 
+from deepkrylov.distributed import as_grid_tensor
+
 __all__ = ["LinearOperator"]
 
 
@@ -32,8 +34,8 @@ class LinearOperator:
 
     def apply_into(self, x: Any, out: Any) -> Any:
         """``out = A x``, reusing ``out``'s storage where the operator can (default: apply, then copy)."""
-        y = self.apply(x)
-        (out.local if hasattr(out, "local") else out).copy_(y.local if hasattr(y, "local") else y)
+        dst, src = as_grid_tensor(out)[0], as_grid_tensor(self.apply(x))[0]
+        dst.local.copy_(src.local.reshape(dst.local.shape))
         return out
 
     def diagonal(self) -> Any:

@@ -26,9 +26,10 @@ from typing import Any, Callable, Optional, Union
 import numpy as np
 import torch
 
-from deepkrylov.distributed import GridTensor
+from deepkrylov.distributed import GridTensor, ProcessGrid, as_grid_tensor
 
 from . import _vec as V
+from ._lift import System, lift_system, spatial_of
 from .preconditioners import Preconditioner, as_preconditioner
 from .result import ConvergedReason, SolveResult
 from .stopping import NORM_TYPES, StoppingCriterion
@@ -40,12 +41,6 @@ Callback = Callable[[int, float], None]
 
 def _is_raw_matrix(A: Any) -> bool:
     return isinstance(A, (torch.Tensor, np.ndarray)) or type(A).__module__.startswith("scipy.sparse")
-
-
-def _sample_size(b: Any) -> int:
-    if isinstance(b, GridTensor):
-        return int(np.prod(b.shape[1:]))
-    return int(b.numel()) if b.dim() == 1 else int(np.prod(b.shape[1:]))
 
 
 def check_system(A: Any, b: Any, x0: Any = None) -> None:
@@ -62,27 +57,30 @@ def check_system(A: Any, b: Any, x0: Any = None) -> None:
         )
     if not isinstance(b, (torch.Tensor, GridTensor)):
         raise TypeError(f"b must be a torch.Tensor or GridTensor, but got {type(b).__name__}")
+    if x0 is not None and type(x0) is not type(b):
+        raise TypeError(f"x0 must be the same kind as b ({type(b).__name__}), but got {type(x0).__name__}")
+    spatial = spatial_of(A, b)
+    bg = as_grid_tensor(b, spatial)[0]
     shape = getattr(A, "shape", None)
     if shape is not None:
         if len(shape) != 2 or shape[0] != shape[1]:
             raise ValueError(f"A must be square, but has shape {tuple(shape)}")
-        n = _sample_size(b)
+        n = math.prod(bg.shape[1:])
         if n != shape[0]:
             raise ValueError(f"A has shape {tuple(shape)} but b ({V.describe(b)}) has {n} unknowns per sample")
     a_grid = getattr(A, "grid", None)
-    if isinstance(b, GridTensor) and a_grid is not None and hasattr(a_grid, "global_shape"):  # a ProcessGrid
-        if b.grid != a_grid:
+    if isinstance(a_grid, ProcessGrid):
+        if bg is b and b.grid != a_grid:
             raise ValueError(f"b lives on {b.grid!r} but the operator on {a_grid!r}; create b on the operator's grid")
     elif a_grid is not None and hasattr(a_grid, "shape") and hasattr(a_grid, "ndim"):  # a mesh StructuredGrid
-        spatial = tuple(b.grid.global_shape) if isinstance(b, GridTensor) else tuple(b.shape[-a_grid.ndim:])
-        if spatial != tuple(a_grid.shape):
+        got = bg.grid.global_shape if bg is b or spatial is not None else tuple(b.shape[-a_grid.ndim:])
+        if tuple(got) != tuple(a_grid.shape):
             raise ValueError(
-                f"b lives on a grid of shape {spatial} but the operator on {a_grid!r}; create b on the operator's grid"
+                f"b lives on a grid of shape {tuple(got)} but the operator on {a_grid!r}; create b on the operator's grid"
             )
     if x0 is not None:
-        if type(x0) is not type(b):
-            raise TypeError(f"x0 must be the same kind as b ({type(b).__name__}), but got {type(x0).__name__}")
-        if tuple(x0.shape) != tuple(b.shape) or (isinstance(b, GridTensor) and x0.grid != b.grid):
+        x0g = as_grid_tensor(x0, spatial)[0]
+        if tuple(x0.shape) != tuple(b.shape) or x0g.grid != bg.grid:
             raise ValueError(f"x0 ({V.describe(x0)}) must match b ({V.describe(b)})")
 
 
@@ -105,6 +103,12 @@ def _nonfinite_message(b: Any) -> str:
     if V.has_nonfinite(b):
         return "the right-hand side b contains NaN or Inf"
     return "the initial residual contains NaN or Inf (check x0 and the operator)"
+
+
+def _restored(s: System, res: SolveResult) -> SolveResult:
+    """The result with its solution in the caller's layout (a plain tensor for a plain ``b``)."""
+    res.x = s.restore(res.x)
+    return res
 
 
 def _result(x: Any, it: int, hist: list, reason: ConvergedReason, t0: float, msg: str = "", **info: Any) -> SolveResult:
@@ -151,7 +155,12 @@ def cg(
     pc = _setup_pc(M, A)
     if pc.is_symmetric is False:
         raise ValueError("cg needs a symmetric preconditioner, but M reports is_symmetric=False; use fcg or gmres")
-    plain = M is None
+    s = lift_system(A, b, x0, pc)
+    return _restored(s, _cg(s.A, s.b, s.x0, s.M, M is None, stop, norm_type, callback, fused))
+
+
+def _cg(A: Any, b: GridTensor, x0: Optional[GridTensor], pc: Preconditioner, plain: bool, stop: StoppingCriterion,
+        norm_type: str, callback: Optional[Callback], fused: Union[bool, str]) -> SolveResult:
     t0 = time.perf_counter()
     with torch.no_grad():
         x, r, guess_zero = _start(A, b, x0)
@@ -263,18 +272,17 @@ def _fused_step(pc: Preconditioner, plain: bool, x: Any, r: Any, z: Any, mode: U
 
     if not plain and not isinstance(pc, Jacobi):
         raise ValueError(f"fused CG supports M=None or Jacobi, but got {type(pc).__name__}; use fused=False")
-    grid = x.grid if isinstance(x, GridTensor) else None
-    loc = (lambda v: v.local) if grid is not None else (lambda v: v)
-    dinv = None if plain else pc._inv_for(r).to(dtype=loc(r).dtype).expand_as(loc(r)).contiguous()
+    grid = x.grid
+    dinv = None if plain else pc._inv_for(r).to(dtype=r.local.dtype).expand_as(r.local).contiguous()
     kernel = _update_eager if mode == "eager" else _compiled_update()
-    xl, rl, zl = loc(x), loc(r), loc(z)
+    xl, rl, zl = x.local, r.local, z.local
 
     compiled = mode != "eager"
 
     def step(p: Any, Ap: Any, alpha: float) -> tuple[float, float, float]:
         a_ = torch.tensor(alpha, dtype=xl.dtype, device=xl.device) if compiled else alpha
-        parts = kernel(xl, rl, loc(p), loc(Ap), dinv, zl, a_)
-        if grid is not None and grid.size > 1:
+        parts = kernel(xl, rl, p.local, Ap.local, dinv, zl, a_)
+        if grid.size > 1:
             parts = parts.reshape(3).clone()
             grid.comm.allreduce_(parts)
         a, b_, c = parts.tolist()
@@ -312,6 +320,12 @@ def fcg(
     if getattr(A, "is_symmetric", None) is False:
         raise ValueError(f"fcg needs a symmetric operator, but {type(A).__name__} reports is_symmetric=False; use gmres")
     pc = _setup_pc(M, A)
+    s = lift_system(A, b, x0, pc)
+    return _restored(s, _fcg(s.A, s.b, s.x0, s.M, stop, mmax, truncation, callback))
+
+
+def _fcg(A: Any, b: GridTensor, x0: Optional[GridTensor], pc: Preconditioner, stop: StoppingCriterion, mmax: int,
+         truncation: str, callback: Optional[Callback]) -> SolveResult:
     t0 = time.perf_counter()
     with torch.no_grad():
         x, r, guess_zero = _start(A, b, x0)
@@ -367,7 +381,12 @@ def gmres(
         raise ValueError(f"restart must be a positive int, but got {restart!r}")
     check_system(A, b, x0)
     pc = _setup_pc(M, A)
-    plain = M is None
+    s = lift_system(A, b, x0, pc)
+    return _restored(s, _gmres(s.A, s.b, s.x0, s.M, M is None, stop, restart, callback))
+
+
+def _gmres(A: Any, b: GridTensor, x0: Optional[GridTensor], pc: Preconditioner, plain: bool,
+           stop: StoppingCriterion, restart: int, callback: Optional[Callback]) -> SolveResult:
     t0 = time.perf_counter()
     with torch.no_grad():
         x, r, guess_zero = _start(A, b, x0)

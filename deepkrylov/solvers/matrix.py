@@ -9,6 +9,7 @@ and small problems; use the stencil operators or :mod:`deepkrylov.solvers.petsc`
 
 from __future__ import annotations
 
+import math
 import warnings
 from typing import Any, Callable, Optional, Union
 
@@ -16,23 +17,19 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from deepkrylov.distributed import GridTensor
+from deepkrylov.distributed import GridTensor, as_grid_tensor
 
 from deepkrylov.mesh.operator import LinearOperator
 
 __all__ = ["MatrixOperator", "FunctionOperator", "aslinearoperator"]
 
 
-def _flat(x: torch.Tensor, n: int) -> tuple[torch.Tensor, tuple]:
-    """``x`` as ``(batch, n)`` and the shape to restore."""
-    if x.dim() == 1:
-        if x.numel() != n:
-            raise ValueError(f"vector has {x.numel()} entries but the operator has size {n}")
-        return x.reshape(1, n), tuple(x.shape)
-    per = int(np.prod(x.shape[1:]))
+def _flat(x: torch.Tensor, n: int) -> torch.Tensor:
+    """A block ``(batch, channels, *spatial)`` as ``(batch, n)``."""
+    per = math.prod(x.shape[1:])
     if per != n:
-        raise ValueError(f"tensor of shape {tuple(x.shape)} has {per} unknowns per sample but the operator has size {n}")
-    return x.reshape(x.shape[0], n), tuple(x.shape)
+        raise ValueError(f"the field has {per} unknowns per sample (shape {tuple(x.shape)}) but the operator has size {n}")
+    return x.reshape(x.shape[0], n)
 
 
 class MatrixOperator(LinearOperator):
@@ -117,13 +114,11 @@ class MatrixOperator(LinearOperator):
 
     def apply(self, x: Any) -> Any:
         """``A x`` for a tensor ``(batch, channels, *spatial)`` / ``(n,)`` or a GridTensor."""
-        if isinstance(x, GridTensor):
-            full = x.gather()
-            return GridTensor.from_global(self.apply(full), x.grid)
-        if not isinstance(x, torch.Tensor):
+        if not isinstance(x, (torch.Tensor, GridTensor)):
             raise TypeError(f"x must be a torch.Tensor or GridTensor, but got {type(x).__name__}")
-        x2, shape = _flat(x, self._n)
-        return self._matmul(x2).reshape(shape)
+        g, restore = as_grid_tensor(x)
+        whole = g.local if g.grid.size == 1 else g.gather()  # a replicated matrix needs the whole vector
+        return restore(GridTensor.from_global(self._matmul(_flat(whole, self._n)).reshape(whole.shape), g.grid))
 
     def diagonal(self) -> torch.Tensor:
         if self._scipy is not None:

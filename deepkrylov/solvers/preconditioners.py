@@ -7,12 +7,13 @@ multigrid cycle, a PETSc PC through :mod:`deepkrylov.solvers.petsc`) works; :fun
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
 
-from deepkrylov.distributed import GridTensor
+from deepkrylov.distributed import GridTensor, as_grid_tensor
 
 __all__ = ["Preconditioner", "Identity", "Jacobi", "CallablePreconditioner", "as_preconditioner"]
 
@@ -41,11 +42,8 @@ class Preconditioner:
 
     def apply_into(self, r: Any, out: Any) -> Any:
         """``out = M r`` into a preallocated ``out`` (saves an allocation per iteration); default: copy."""
-        z = self.apply(r)
-        if isinstance(out, GridTensor):
-            out.local.copy_(z.local)
-        else:
-            out.copy_(z)
+        dst, src = as_grid_tensor(out)[0], as_grid_tensor(self.apply(r))[0]
+        dst.local.copy_(src.local.reshape(dst.local.shape))
         return out
 
     def __call__(self, r: Any) -> Any:
@@ -102,23 +100,21 @@ class Jacobi(Preconditioner):
             raise TypeError(
                 f"Jacobi needs the operator's diagonal, but {type(A).__name__}.diagonal() is not implemented"
             ) from exc
-        local = d.local if isinstance(d, GridTensor) else d
-        if not isinstance(local, torch.Tensor):
-            local = torch.as_tensor(np.asarray(local))
-        zero = local == 0
+        if not isinstance(d, (torch.Tensor, GridTensor)):
+            d = torch.as_tensor(np.asarray(d))
+        d, _ = as_grid_tensor(d)  # a whole diagonal (any shape) as one flat block, or the operator's blocks
+        comm = d.grid.comm
+        zero = d.local == 0
         bad = zero.any().to(torch.float64).reshape(1)
-        if isinstance(d, GridTensor):
-            d.grid.comm.allreduce_(bad)
+        comm.allreduce_(bad)
         if bool(bad.item() > 0):
             if self.zero_pivot == "error":
                 raise ValueError("Jacobi: the operator's diagonal has zero entries; use zero_pivot='one' or another preconditioner")
-            local = torch.where(zero, torch.ones_like(local), local)
-        inv = 1.0 / local
-        self.inv_diag = d.with_local(inv) if isinstance(d, GridTensor) else inv
+            d = d.with_local(torch.where(zero, torch.ones_like(d.local), d.local))
+        self.inv_diag = d.map(torch.reciprocal)
         self._local_cache = None
-        neg = (local < 0).any().to(torch.float64).reshape(1)
-        if isinstance(d, GridTensor):
-            d.grid.comm.allreduce_(neg)
+        neg = (d.local < 0).any().to(torch.float64).reshape(1)
+        comm.allreduce_(neg)
         self.is_positive_definite = not bool(neg.item() > 0)
         self.is_setup = True
         return self
@@ -127,63 +123,54 @@ class Jacobi(Preconditioner):
         self.inv_diag, self.is_setup, self._local_cache = None, False, None
 
     def apply(self, r: Any) -> Any:
-        out = r.zeros_like() if isinstance(r, GridTensor) else torch.empty_like(r)
-        return self.apply_into(r, out)
+        g, restore = as_grid_tensor(r, self._spatial(r))
+        return restore(self.apply_into(g, g.zeros_like()))
 
     def apply_into(self, r: Any, out: Any) -> Any:
-        inv = self._inv_for(r)
-        if isinstance(r, GridTensor):
-            torch.mul(r.local, inv, out=out.local)
-        else:
-            torch.mul(r, inv, out=out)
+        spatial = self._spatial(r)
+        g, o = as_grid_tensor(r, spatial)[0], as_grid_tensor(out, spatial)[0]
+        torch.mul(g.local, self._inv_for(g), out=o.local)
         return out
 
-    def _inv_for(self, r: Any) -> torch.Tensor:
-        """``1/diag`` shaped, typed and placed for ``r`` (this rank's block for a GridTensor); cached."""
+    def _spatial(self, r: Any) -> Optional[tuple]:
+        """The grid shape a plain ``r`` is read on: the diagonal's when ``r`` ends with it."""
+        shape = None if self.inv_diag is None else self.inv_diag.grid.global_shape
+        return shape if shape is not None and tuple(r.shape[-len(shape):]) == shape else None
+
+    def _inv_for(self, r: GridTensor) -> torch.Tensor:
+        """``1/diag`` for ``r``'s block, shaped to broadcast against it, in its dtype and device; cached."""
         if self.inv_diag is None:
             raise RuntimeError("Jacobi.apply before setup(A): pass the operator to Jacobi(A) or to the solver")
-        like = r.local if isinstance(r, GridTensor) else r
-        key = (r.grid if isinstance(r, GridTensor) else None, like.dtype, like.device, like.dim())
+        key = (r.grid, r.local.dtype, r.local.device, r.local.shape[1])
         hit = self._local_cache
         if hit is not None and hit[0] == key:
             return hit[1]
-        if isinstance(self.inv_diag, GridTensor):
-            inv = self.inv_diag.local
-        elif isinstance(r, GridTensor):  # a whole (replicated) diagonal: this rank's block of it
-            g = r.grid
-            if self.inv_diag.numel() != int(np.prod(g.global_shape)):
-                raise ValueError(
-                    f"the diagonal has {self.inv_diag.numel()} entries but the grid {g.global_shape} has "
-                    f"{int(np.prod(g.global_shape))} cells"
-                )
-            inv = self.inv_diag.reshape(g.global_shape)[g.local_slices]
-        else:
-            inv = self.inv_diag
-        inv = _fit(inv, like).contiguous()
-        self._local_cache = (key, inv)
-        return inv
-
-
-def _fit(inv: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """Reshape/cast a diagonal to broadcast against ``like`` (batch, channels, *spatial) or (n,)."""
-    inv = inv.to(dtype=like.dtype, device=like.device)
-    if inv.shape == like.shape or inv.dim() == like.dim():
-        return inv
-    if like.dim() >= 2 and inv.numel() == int(np.prod(like.shape[1:])):
-        return inv.reshape((1,) + tuple(like.shape[1:]))
-    if inv.numel() == int(np.prod(like.shape[-inv.dim():])) and inv.dim():
-        return inv.reshape(like.shape[-inv.dim():])
-    raise ValueError(f"a diagonal of shape {tuple(inv.shape)} does not fit a field of shape {tuple(like.shape)}")
+        inv, g = self.inv_diag, r.grid
+        if inv.grid.size > 1:  # the operator's own blocks
+            if inv.grid.local_shape != g.local_shape or inv.grid.global_shape != g.global_shape:
+                raise ValueError(f"the diagonal lives on {inv.grid!r}, but the field on {g!r}")
+            block = inv.local
+        else:  # a whole diagonal: this block of it (per cell, or per channel and cell)
+            n, c = math.prod(g.global_shape), r.local.shape[1]
+            w = inv.local.reshape(-1)
+            if w.numel() not in (n, c * n):
+                raise ValueError(f"the diagonal has {w.numel()} entries but the grid {g.global_shape} has {n} cells")
+            whole = w.reshape((1, w.numel() // n) + g.global_shape)
+            block = whole[(slice(None), slice(None)) + g.local_slices]
+        block = block.to(dtype=r.local.dtype, device=r.local.device).contiguous()
+        self._local_cache = (key, block)
+        return block
 
 
 class CallablePreconditioner(Preconditioner):
     """Wrap any callable ``fn(r) -> z`` (a network, an operator's ``apply``, a multigrid cycle)."""
 
     def __init__(self, fn: Callable[[Any], Any], *, symmetric: Optional[bool] = None,
-                 positive_definite: Optional[bool] = None) -> None:
+                 positive_definite: Optional[bool] = None, takes_grid_tensors: bool = False) -> None:
         if not callable(fn):
             raise TypeError(f"fn must be callable, but got {type(fn).__name__}")
         self.fn = fn
+        self.takes_grid_tensors = takes_grid_tensors
         self.is_symmetric = symmetric
         self.is_positive_definite = positive_definite
 
@@ -212,6 +199,7 @@ def as_preconditioner(M: Any) -> Preconditioner:
         return CallablePreconditioner(
             M.apply, symmetric=getattr(M, "is_symmetric", None),
             positive_definite=getattr(M, "is_positive_definite", None),
+            takes_grid_tensors=getattr(M, "takes_grid_tensors", False),
         )
     if callable(M):
         return CallablePreconditioner(M)
