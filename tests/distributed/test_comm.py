@@ -6,6 +6,9 @@ Runs serially and on several ranks with both engines (see test_launch.py).
 
 from __future__ import annotations
 
+import math
+
+import numpy as np
 import pytest
 import torch
 
@@ -177,3 +180,28 @@ def test_scatter_and_gather_to_root_allocate_blocks_only_elsewhere(ctx):
     else:
         assert 0 < largest <= block_bytes < full.numel() * full.element_size()
 
+
+
+def test_as_grid_tensor_views_a_plain_tensor_on_one_rank():
+    """The entry-point conversion: a plain tensor is a view on the cached one-rank grid in every accepted layout,
+    ``restore`` gives back the caller's shape, a GridTensor passes through, and a bad layout names the shape."""
+    from deepkrylov.distributed import as_grid_tensor, serial_grid
+
+    sp = (4, 5)
+    for shape, lead in (((4, 5), (1, 1)), ((3, 4, 5), (3, 1)), ((3, 2, 4, 5), (3, 2))):
+        x = torch.arange(float(math.prod(shape))).reshape(shape)
+        g, restore = as_grid_tensor(x, sp)
+        assert g.grid is serial_grid(sp) and tuple(g.local.shape) == lead + sp
+        assert g.local.data_ptr() == x.data_ptr() and torch.equal(restore(g * 2), 2 * x)
+        assert float(g.norm()) == float(x.norm())
+    for shape, local in (((7,), (1, 1, 7)), ((3, 7), (3, 1, 7)), ((3, 2, 4, 5), (3, 1, 40))):
+        g, restore = as_grid_tensor(torch.ones(shape))
+        assert tuple(g.local.shape) == local and restore(g).shape == shape
+    g = as_grid_tensor(torch.ones(2, 4, 5), sp)[0]
+    assert as_grid_tensor(g)[0] is g and as_grid_tensor(g)[1](g) is g
+    with pytest.raises(ValueError, match=r"\(4, 5\)"):
+        as_grid_tensor(torch.ones(4, 6), sp)
+    with pytest.raises(ValueError, match="batch, channels"):
+        as_grid_tensor(torch.ones(2, 2, 2, 4, 5), sp)
+    with pytest.raises(TypeError, match="ndarray"):
+        as_grid_tensor(np.ones((4, 5)), sp)

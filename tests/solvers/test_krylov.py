@@ -299,3 +299,35 @@ def test_jacobi_zero_pivot_and_missing_diagonal():
     torch.testing.assert_close(z, torch.tensor([1.0, 0.5, 0.25], dtype=torch.float64))
     with pytest.raises(TypeError, match="diagonal"):
         Jacobi(FunctionOperator(lambda x: x, 3))
+
+
+def test_plain_and_one_rank_gridtensor_take_the_same_path():
+    """A plain right-hand side is solved as its one-rank GridTensor view: same iterates, bit for bit; the solution
+    comes back in the caller's layout, and a user function still receives tensors of the caller's shape."""
+    from deepkrylov.distributed import as_grid_tensor, serial_grid
+
+    shape, A, b, _, _ = problem("3d-obstacle")
+    op = MatrixOperator(A)
+    bt = torch.from_numpy(b).reshape(1, 1, *shape)
+    bg, restore = as_grid_tensor(bt, shape)
+    assert bg.grid is serial_grid(shape) and bg.local.data_ptr() == bt.data_ptr()
+    for solve in (lambda rhs: cg(op, rhs, M=Jacobi(op), rtol=1e-10), lambda rhs: gmres(op, rhs, rtol=1e-10)):
+        plain, grid = solve(bt), solve(bg)
+        assert isinstance(plain.x, torch.Tensor) and plain.x.shape == bt.shape
+        assert isinstance(grid.x, GridTensor)
+        assert torch.equal(plain.x, restore(grid.x)) and plain.residual_norms == grid.residual_norms
+    shape, A, b, _, _ = problem("3d-dirichlet")
+    op, bt = MatrixOperator(A), torch.from_numpy(b).reshape(1, 1, *shape)
+    seen = []
+
+    def fn(v: torch.Tensor) -> torch.Tensor:
+        seen.append(type(v))
+        assert v.shape == (b.size,)
+        return op.apply(v)
+
+    flat = cg(FunctionOperator(fn, A.shape[0], symmetric=True), bt.reshape(-1), M=lambda r: r * 0.25, rtol=1e-10)
+    assert flat.x.shape == (b.size,) and set(seen) == {torch.Tensor}
+    ref = reference(A, b, False, None)
+    assert relerr(flat.x.numpy(), ref) < 1e-8
+    with pytest.raises(ValueError, match="shape"):
+        cg(FunctionOperator(lambda v: v[:3], A.shape[0]), bt.reshape(-1))
