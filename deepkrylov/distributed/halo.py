@@ -196,15 +196,13 @@ class HaloExchange:
         if any(m not in ("zeros", "circular") for m in self.modes):
             raise ValueError(f"faces() needs 'zeros' or 'circular' modes, but the plan has {self.modes}")
         self._check_buf(block, padded=False)
-        grid, comm = self.grid, self.grid.comm
-        out = []
-        for a, ((lo, hi), mode) in enumerate(zip(self.widths, self.modes)):
-            d, n = 2 + a, block.shape[2 + a]
-            wrap = mode == "circular"
-            lo_nbr, hi_nbr = grid.neighbour(a, -1, wrap), grid.neighbour(a, +1, wrap)
+        comm = self.grid.comm
+        out: list = []
+        for d, lo, hi, lo_nbr, hi_nbr, own in self._face_axes():
+            n = block.shape[d]
             last = block.narrow(d, n - lo, lo).contiguous() if lo and hi_nbr is not None else None
             first = block.narrow(d, 0, hi).contiguous() if hi and lo_nbr is not None else None
-            if lo_nbr == grid.rank and hi_nbr == grid.rank:  # one block along a periodic axis: its own faces
+            if own or (lo_nbr is None and hi_nbr is None):  # its own faces on a periodic axis, or none at all
                 out.append((last, first))
                 continue
             below = block.new_empty(block.shape[:d] + (lo,) + block.shape[d + 1:]) if lo and lo_nbr is not None else None
@@ -215,6 +213,18 @@ class HaloExchange:
                 comm.sendrecv(first, lo_nbr, above, hi_nbr)
             out.append((below, above))
         return out
+
+    def _face_axes(self) -> list[tuple]:
+        """Per axis: tensor dim, widths, neighbours below and above, and whether both are this rank (cached)."""
+        axes = self.__dict__.get("_faces_cache")
+        if axes is None:
+            grid, axes = self.grid, []
+            for a, ((lo, hi), mode) in enumerate(zip(self.widths, self.modes)):
+                wrap = mode == "circular"
+                lo_nbr, hi_nbr = grid.neighbour(a, -1, wrap), grid.neighbour(a, +1, wrap)
+                axes.append((2 + a, lo, hi, lo_nbr, hi_nbr, lo_nbr == grid.rank and hi_nbr == grid.rank))
+            self.__dict__["_faces_cache"] = axes
+        return axes
 
 
 def fill_halo_(buf: torch.Tensor, grid: ProcessGrid, widths: Union[int, Sequence], mode: Union[str, Sequence[str]] = "zeros") -> torch.Tensor:

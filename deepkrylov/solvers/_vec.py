@@ -41,8 +41,9 @@ def norm(a: GridTensor) -> torch.Tensor:
 
 
 def axpy_(y: GridTensor, alpha: Any, x: GridTensor) -> GridTensor:
-    """In place ``y += alpha * x``."""
-    return y.add_(x, alpha=alpha)
+    """In place ``y += alpha * x`` (the loop's vectors all derive from ``b``: no grid check per update)."""
+    y.local.add_(x.local, alpha=alpha)
+    return y
 
 
 def xpay_(y: GridTensor, alpha: Any, x: GridTensor) -> GridTensor:
