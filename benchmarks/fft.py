@@ -24,33 +24,23 @@ import platform
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import torch
+
+from _timing import slowest_rank_times
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 
 
-def _time(fn, comm, reps: int) -> tuple[float, float]:
-    """Median and minimum over ``reps`` of the slowest rank's time for one call (after one warm-up call)."""
-    return _time_interleaved([fn], comm, reps)[0]
-
-
 def _time_interleaved(fns, comm, reps: int) -> list[tuple[float, float]]:
-    """Like :func:`_time` for several functions run in turn within each repetition, so that they see the same
-    machine state (a shared VM's speed drifts over seconds)."""
-    for fn in fns:
-        fn()
-    samples: list[list[float]] = [[] for _ in fns]
-    for _ in range(reps):
-        for fn, out in zip(fns, samples):
-            comm.barrier()
-            t0 = time.perf_counter()
-            fn()
-            out.append(max(comm.allgather_object(time.perf_counter() - t0)))
-    return [(statistics.median(x), min(x)) for x in samples]
+    """Median and minimum of the slowest rank's time per function (see ``_timing``)."""
+    return [(statistics.median(x), min(x)) for x in slowest_rank_times(fns, comm, reps)]
+
+
+def _time(fn, comm, reps: int) -> tuple[float, float]:
+    return _time_interleaved([fn], comm, reps)[0]
 
 
 def worker(sizes: list[int], a2a_sizes: list[int], reps: int, backend: str) -> None:

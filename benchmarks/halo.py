@@ -30,37 +30,24 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from _timing import slowest_rank_times
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 
 
+def _time_interleaved(fns, comm, reps: int) -> list[float]:
+    """Median of the slowest rank's time per function, after two warm-up calls each (see ``_timing``)."""
+    return [statistics.median(x) for x in slowest_rank_times(fns, comm, reps, warmup=2)]
+
+
 def _time(fn, comm, reps: int) -> float:
-    """Median over ``reps`` of the slowest rank's time for one call."""
     return _time_interleaved([fn], comm, reps)[0]
 
 
-def _time_interleaved(fns, comm, reps: int) -> list[float]:
-    """Like :func:`_time` for several functions, run in turn within each repetition so that they see the same
-    machine state (a shared VM's speed drifts over seconds)."""
-    for fn in fns:
-        fn()
-        fn()
-    samples: list[list[float]] = [[] for _ in fns]
-    for _ in range(reps):
-        for fn, out in zip(fns, samples):
-            comm.Barrier()
-            t0 = time.perf_counter()
-            fn()
-            dt = time.perf_counter() - t0
-            out.append(comm.allreduce(dt, op=_MPI.MAX))
-    return [statistics.median(x) for x in samples]
-
-
 def worker(blocks: list[int], widths: list[int], reps: int) -> None:
-    global _MPI
     from mpi4py import MPI
 
-    _MPI = MPI
     from deepkrylov.distributed import GridTensor, HaloConv3d, ProcessGrid, fill_halo_, init
     from deepkrylov.distributed.halo import normalize_widths, padded_shape
 
