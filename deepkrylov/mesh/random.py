@@ -38,12 +38,6 @@ __all__ = ["gaussian_random_field", "darcy_coefficient"]
 _KERNELS = ("rbf", "matern")
 
 
-def _spectral_density(kind: str, k2: torch.Tensor, length: float, nu: float, dim: int) -> torch.Tensor:
-    if kind == "rbf":
-        return torch.exp(-2.0 * math.pi**2 * length**2 * k2)
-    return (2.0 * nu / length**2 + 4.0 * math.pi**2 * k2) ** (-(nu + dim / 2.0))
-
-
 def _white_noise(seed: int, batch: int, shape: tuple, starts: tuple, sizes: tuple) -> torch.Tensor:
     """Standard normal noise on the block ``starts + [0, sizes)`` of a ``(batch, *shape)`` array, the same numbers
     whatever the block: entry ``L`` (row-major over the whole array) uses Philox outputs ``2L`` and ``2L + 1``."""
@@ -56,13 +50,16 @@ def _white_noise(seed: int, batch: int, shape: tuple, starts: tuple, sizes: tupl
     run = sizes[lead] * strides[lead]
     view = out.reshape((batch,) + tuple(sizes[:lead]) + (run,))
     key = int(seed) % 2**64
+    chunk = 1 << 18  # entries per draw: the temporaries stay a few MB whatever the block
     for idx in np.ndindex(*view.shape[:-1]):
-        first = idx[0] * total + starts[lead] * strides[lead]
-        first += sum((starts[a] + idx[1 + a]) * strides[a] for a in range(lead))
-        skip = (2 * first) % 4
-        raw = np.random.Philox(key=key, counter=(2 * first) // 4).random_raw(skip + 2 * run)[skip:]
-        u = (raw >> np.uint64(11)).astype(np.float64) * 2.0**-53
-        view[idx] = np.sqrt(-2.0 * np.log1p(-u[0::2])) * np.cos(2.0 * math.pi * u[1::2])
+        start = idx[0] * total + starts[lead] * strides[lead]
+        start += sum((starts[a] + idx[1 + a]) * strides[a] for a in range(lead))
+        for lo in range(0, run, chunk):
+            first, m = start + lo, min(chunk, run - lo)
+            skip = (2 * first) % 4
+            raw = np.random.Philox(key=key, counter=(2 * first) // 4).random_raw(skip + 2 * m)[skip:]
+            u = (raw >> np.uint64(11)).astype(np.float64) * 2.0**-53
+            view[idx][lo:lo + m] = np.sqrt(-2.0 * np.log1p(-u[0::2])) * np.cos(2.0 * math.pi * u[1::2])
     return torch.from_numpy(out)
 
 
@@ -88,23 +85,32 @@ def gaussian_random_field(
     target = partition if partition is not None else ProcessGrid(SelfComm(), grid.shape)
     shape = grid.shape if periodic else tuple(2 * s for s in grid.shape)
     work = target if periodic else ProcessGrid(target.comm, shape, dims=target.dims)
-    noise = _white_noise(seed, batch, shape, work.starts, work.local_shape).unsqueeze(1)
-    spec = rfftn(GridTensor(noise, work))
-    # the spectral density on this rank's wave numbers
+    spec = rfftn(GridTensor(_white_noise(seed, batch, shape, work.starts, work.local_shape).unsqueeze(1), work))
+    # the spectral density on this rank's wave numbers, built in place: |k|^2 summed by broadcasting, then S(|k|^2)
     extent = [n * h for n, h in zip(shape, grid.spacing)]
     freq = [torch.fft.fftfreq(n, d=L / n, dtype=torch.float64) for n, L in zip(shape, extent)]
     freq[-1] = torch.fft.rfftfreq(shape[-1], d=extent[-1] / shape[-1], dtype=torch.float64)
-    local = [f[s] for f, s in zip(freq, spec.grid.local_slices)]
-    k2 = sum(f**2 for f in torch.meshgrid(*local, indexing="ij"))
-    density = _spectral_density(kernel, k2, length, nu, grid.ndim)
-    field = irfftn(spec * torch.sqrt(density))
+    nd = len(shape)
+    local = [(f[s] ** 2).reshape([-1 if b == a else 1 for b in range(nd)])
+             for a, (f, s) in enumerate(zip(freq, spec.grid.local_slices))]
+    density = torch.zeros(spec.grid.local_shape, dtype=torch.float64)
+    for f2 in local:
+        density.add_(f2)
+    if kernel == "rbf":
+        density.mul_(-2.0 * math.pi**2 * length**2).exp_()
+    else:
+        density.mul_(4.0 * math.pi**2).add_(2.0 * nu / length**2).pow_(-(nu + grid.ndim / 2.0))
     # point variance sum(S) / n of the filtered noise: S summed over the whole spectrum (the half spectrum's inner
     # columns stand for two wave numbers each)
     n_last = shape[-1]
     j = torch.arange(n_last // 2 + 1)[spec.grid.local_slices[-1]]
     twice = torch.where((j == 0) | ((n_last % 2 == 0) & (j == n_last // 2)), 1.0, 2.0).to(torch.float64)
     var = target.comm.allreduce_((density * twice).sum().reshape(1))[0] / math.prod(shape)
-    field = field * (sigma / math.sqrt(float(var)))
+    spec.local.mul_(density.sqrt_())
+    del density
+    field = irfftn(spec)
+    del spec
+    field.local.mul_(sigma / math.sqrt(float(var)))
     if not periodic:
         field = redistribute(field, target)
     out = field.local.to(dtype).contiguous()
