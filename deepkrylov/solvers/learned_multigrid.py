@@ -30,11 +30,11 @@ from typing import Any, Optional, Union
 import torch
 import torch.nn.functional as F
 
-from deepkrylov.distributed import GridTensor, ProcessGrid
+from deepkrylov.distributed import GridTensor, ProcessGrid, as_grid_tensor
 from deepkrylov.mesh import EMPTY, FLUID, SOLID, DiffusionOperator
 from deepkrylov.mesh import _kernels
 
-from .multigrid import Multigrid, _Level, _pad_block
+from .multigrid import Multigrid, _Level, _own_grid, _pad_block
 
 __all__ = ["StencilNet", "LearnedMultigrid", "SHIPPED_LEARNED_MODEL", "load_stencil_net", "save_stencil_net"]
 
@@ -139,11 +139,6 @@ def _pool(frac: torch.Tensor) -> torch.Tensor:
     return (F.avg_pool3d if frac.dim() == 5 else F.avg_pool2d)(frac, 2)
 
 
-def _op_grid(A: DiffusionOperator) -> Optional[ProcessGrid]:
-    """The process grid of an operator's blocks, None when it is whole (or on one rank)."""
-    return A.partition if A.partition is not None and A.partition.size > 1 else None
-
-
 def _features(ops: list[DiffusionOperator]) -> list[torch.Tensor]:
     """:func:`level_features` of the hierarchy's operators, each on its own block: fractions pooled locally while
     the levels are distributed (the blocks halve evenly), gathered where the hierarchy turns whole."""
@@ -154,8 +149,8 @@ def _features(ops: list[DiffusionOperator]) -> list[torch.Tensor]:
         if i == 0:
             frac = onehot
         else:
-            prev = _op_grid(ops[i - 1])
-            if prev is not None and _op_grid(op) is None:
+            prev = _own_grid(ops[i - 1])
+            if prev.size > _own_grid(op).size:
                 frac = GridTensor(frac, prev).gather()
             frac = _pool(frac)
         out.append(torch.cat((onehot, frac), dim=1))
@@ -176,15 +171,11 @@ def stencil_fields(net: StencilNet, A: DiffusionOperator, features: torch.Tensor
     correction weight; tensors of ``A``'s block (the whole grid without a partition) in ``dtype``, differentiable
     in the network's weights. On a partition the features' and the stencils' neighbours come by halo exchange."""
     nd = A.grid.ndim
-    grid = _op_grid(A)
+    grid = _own_grid(A)
     shape = A.block_shape
-    if grid is None:
-        raw = net(features, dtype)[0]
-    else:
-        raw = net(GridTensor(features, grid).halo(1, "zeros"), dtype, padded=True)[0]
+    raw = net(GridTensor(features, grid).halo(1, "zeros"), dtype, padded=True)[0]
     fluid = A.fluid
-    diag = A.diagonal()
-    diag = diag.local.reshape(shape) if isinstance(diag, GridTensor) else diag
+    diag = as_grid_tensor(A.diagonal(), shape)[0].local[0, 0]
     dinv = (fluid / diag).to(dtype)
     # a link carries weight only between fluid cells inside the domain (periodic axes wrap)
     fp = _pad_block(fluid.to(torch.float32)[None, None], A.bc, grid, 0.0)[0, 0] > 0
@@ -319,9 +310,9 @@ class _StencilPad:
     def __init__(self, lev: _Level) -> None:
         self.lev = lev
         self.nd = lev.nd
-        # the compiled seven-point pass serves whole 3D blocks without periodic axes
-        self.compiled = lev.nd == 3 and lev.grid is None and not any(lev.periodic) and \
-            _kernels.stencil_library() is not None
+        # the compiled seven-point pass serves 3D blocks; their neighbour planes come from the grid's exchange plan
+        self.compiled = lev.nd == 3 and _kernels.stencil_library() is not None
+        self.modes = tuple("circular" if p else "zeros" for p in lev.periodic)
         self._typed: dict = {}
         self._zero: dict = {}
 
@@ -344,13 +335,11 @@ class _StencilPad:
             out = torch.empty_like(x) if out is None else out
             x4 = x.reshape((-1,) + tuple(x.shape[-3:]))
             zero = self._zero.setdefault((x.dtype, x4.shape[-1]), torch.zeros(x4.shape[-1], dtype=x.dtype))
-            _kernels.stencil7(x4, out.view(x4.shape), [None] * 6, None, w, zero)
+            faces = [f for pair in self.lev.grid.exchange_plan(1, self.modes, x.dtype, x.device).faces(x) for f in pair]
+            _kernels.stencil7(x4, out.view(x4.shape), faces, None, w, zero)
             return out
         lev = self.lev
-        if lev.grid is not None:
-            p = GridTensor(x, lev.grid).halo(1, "circular" if any(lev.periodic) else "zeros")
-        else:
-            p = F.pad(x, (1, 1) * nd, mode="circular" if any(lev.periodic) else "constant")
+        p = GridTensor(x, lev.grid).halo(1, "circular" if any(lev.periodic) else "zeros")
         lead = p.dim() - nd
         inner = [slice(1, -1)] * nd
         y = torch.mul(x, w[0], out=out)

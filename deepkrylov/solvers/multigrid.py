@@ -29,7 +29,7 @@ import scipy.sparse.linalg as spla
 import torch
 import torch.nn.functional as F
 
-from deepkrylov.distributed import GridTensor, ProcessGrid
+from deepkrylov.distributed import GridTensor, ProcessGrid, as_grid_tensor, serial_grid
 from deepkrylov.mesh import EMPTY, FLUID, SOLID, DiffusionOperator, StructuredGrid
 from deepkrylov.mesh import _kernels
 from deepkrylov.mesh.fields import _same_blocks
@@ -147,36 +147,35 @@ class _Cached:
         return self._cache[key]
 
 
+def _own_grid(A: DiffusionOperator) -> ProcessGrid:
+    """The process grid of ``A``'s own arrays: its partition, or the one-rank grid of a whole operator."""
+    return A.partition if A.partition is not None else serial_grid(A.grid.shape)
+
+
 class _Level(_Cached):
     """One level of the hierarchy: the operator, its inverse diagonal and the transfer weights, on this rank's
-    block (``grid`` set) or whole (``grid`` None). An operator built on a partition serves its own block; a whole
-    operator used on ``grid`` is sliced."""
+    block of ``grid`` (one rank's grid: the level runs whole, redundantly on every rank). Fields are the
+    ``(batch, channels, *block)`` local blocks of GridTensors on ``grid``. An operator built on a partition serves
+    its own block; a whole operator used on a grid of several ranks is sliced."""
 
-    def __init__(self, A: DiffusionOperator, grid: Optional[ProcessGrid]) -> None:
+    def __init__(self, A: DiffusionOperator, grid: ProcessGrid) -> None:
         self.A, self.grid = A, grid
         self.nd = A.grid.ndim
-        own = grid is None or A.partition is not None
-        self.sl = tuple(slice(None) for _ in range(self.nd)) if own else grid.local_slices
+        self.sl = grid.local_slices if A.partition is None else (slice(None),) * self.nd
         self.fluid = A.fluid[self.sl]
-        diag = A.diagonal()
-        diag = diag.local.reshape(A.block_shape) if isinstance(diag, GridTensor) else diag
+        diag = as_grid_tensor(A.diagonal(), A.block_shape)[0].local[0, 0]  # whole (a tensor) or a block
         self.inv_diag = (1.0 / diag)[self.sl]
         self.periodic = tuple(A.bc.periodic(a) for a in range(self.nd))
         self._cache: dict = {}
 
     def apply(self, x: torch.Tensor) -> torch.Tensor:
-        if self.grid is None:
-            return self.A.apply(x)
         return self.A.apply(GridTensor(x, self.grid)).local
 
     def residual(self, f: torch.Tensor, u: torch.Tensor, out: Optional[torch.Tensor]) -> torch.Tensor:
         """``f - A u``, into ``out`` (None: a new, differentiable tensor)."""
         if out is None:
             return f - self.apply(u)
-        if self.grid is None:
-            self.A.apply_into(u, out)
-        else:
-            self.A.apply_into(GridTensor(u, self.grid), GridTensor(out, self.grid))
+        self.A.apply_into(GridTensor(u, self.grid), GridTensor(out, self.grid))
         return torch.sub(f, out, out=out)
 
     def work(self, like: torch.Tensor, count: int) -> list[torch.Tensor]:
@@ -194,22 +193,36 @@ class _Level(_Cached):
         (Neumann: nothing crosses). ``dirichlet``: a value for the Dirichlet ghosts instead of ``-x``."""
         return _pad_block(x, self.A.bc, self.grid, dirichlet)
 
+    def pad_product(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        """``pad(x * w)``; without autograd into a buffer kept between cycles (the product written into its
+        interior, the ghosts filled in place): no temporary and no fresh padded tensor."""
+        if torch.is_grad_enabled() and (x.requires_grad or w.requires_grad):
+            return self.pad(x * w)
+        shape = tuple(x.shape[:2]) + tuple(n + 2 for n in x.shape[2:])
+        key = ("padded", shape, x.dtype, x.device)
+        buf = self._cache.get(key)
+        if buf is None:
+            buf = self._cache[key] = x.new_empty(shape)
+        torch.mul(x, w, out=buf[(slice(None), slice(None)) + (slice(1, -1),) * self.nd])
+        self.grid.exchange_plan(1, _halo_mode(self.A.bc), x.dtype, x.device).run(buf)
+        return _boundary_ghosts(buf, self.A.bc, self.grid, None)
 
-def _pad_block(x: torch.Tensor, bc: Any, grid: Optional[ProcessGrid], dirichlet: Optional[float] = None,
-               ) -> torch.Tensor:
-    """A block ``(..., *spatial)`` (``(batch, channels, *local)`` on ``grid``) padded by one cell as in
-    :meth:`_Level.pad`; ``grid`` None: the whole grid."""
+
+def _halo_mode(bc: Any) -> str:
+    return "circular" if bc.any_periodic else "zeros"
+
+
+def _pad_block(x: torch.Tensor, bc: Any, grid: ProcessGrid, dirichlet: Optional[float] = None) -> torch.Tensor:
+    """A block ``(batch, channels, *local)`` of ``grid`` padded by one cell (one halo exchange) as in
+    :meth:`_Level.pad`."""
+    return _boundary_ghosts(GridTensor(x, grid).halo(1, _halo_mode(bc)), bc, grid, dirichlet)
+
+
+def _boundary_ghosts(p: torch.Tensor, bc: Any, grid: ProcessGrid, dirichlet: Optional[float]) -> torch.Tensor:
+    """The ghosts of a padded block ``p`` on the domain's non-periodic faces, in place, as in :meth:`_Level.pad`."""
     nd = bc.ndim
     periodic = tuple(bc.periodic(a) for a in range(nd))
-    if grid is not None:
-        p = GridTensor(x, grid).halo(1, "circular" if any(periodic) else "zeros")
-        coords, dims = grid.coords, grid.dims
-    else:
-        mode = "circular" if any(periodic) else "constant"
-        lead = x.shape[:x.dim() - nd]
-        p = torch.nn.functional.pad(x.reshape((-1, 1) + tuple(x.shape[-nd:])), (1, 1) * nd, mode=mode)
-        p = p.reshape(lead + tuple(p.shape[-nd:]))
-        coords, dims = (0,) * nd, (1,) * nd
+    coords, dims = grid.coords, grid.dims
     lead = p.dim() - nd
     for a in range(nd):
         if periodic[a]:
@@ -235,20 +248,16 @@ class _Transfer(_Cached):
         cmask = coarse.A.mask
         # interpolation weights counted: fluid and EMPTY coarse cells, and Dirichlet ghosts
         weight = ((cmask == FLUID) | (cmask == EMPTY)).to(torch.float64)
-        if coarse.A.partition is not None or coarse.grid is None:  # the coarse level's own block (or whole)
-            denom = _interpolate(coarse.pad(weight[None, None], dirichlet=1.0)[0, 0], nd)
-            fine_sl, coarse_sl = (slice(None),) * nd, (slice(None),) * nd
-        else:  # whole operators used on blocks: the whole grid's weights, sliced
-            denom = _interpolate(_Level(coarse.A, None).pad(weight[None, None], dirichlet=1.0)[0, 0], nd)
-            fine_sl, coarse_sl = fine.sl, coarse.sl
+        # on the operators' own arrays (a block, or whole), then this rank's block of a whole operator used on blocks
+        denom = _interpolate(_pad_block(weight[None, None], coarse.A.bc, _own_grid(coarse.A), 1.0)[0, 0], nd)
         fluid = fine.A.fluid
         scale = torch.where(fluid & (denom > 0), 1.0 / denom.clamp_min(1e-300), torch.zeros_like(denom))
-        self.scale = scale[fine_sl].contiguous()  # per fine cell: fluid mask / sum of the counted weights
-        self.value = (cmask == FLUID).to(torch.float64)[coarse_sl].contiguous()  # coarse cells whose values count
+        self.scale = scale[fine.sl].contiguous()  # per fine cell: fluid mask / sum of the counted weights
+        self.value = (cmask == FLUID).to(torch.float64)[coarse.sl].contiguous()  # coarse cells whose values count
         self._cache: dict = {}
 
     def prolong(self, xc: torch.Tensor) -> torch.Tensor:
-        p = self.coarse.pad(xc * self.typed("value", xc))
+        p = self.coarse.pad_product(xc, self.typed("value", xc))
         return _interpolate(p, self.fine.nd).mul_(self.typed("scale", xc))
 
     def prolong_add(self, xc: torch.Tensor, u: torch.Tensor, weight: Optional[torch.Tensor] = None,
@@ -262,7 +271,7 @@ class _Transfer(_Cached):
                 if hit is None or hit[0] is not weight:
                     hit = self._cache["weighted"] = (weight, (scale * weight).contiguous())
                 scale = hit[1]
-            p = self.coarse.pad(xc * self.typed("value", xc))
+            p = self.coarse.pad_product(xc, self.typed("value", xc))
             _kernels.prolong_add(p.reshape((-1,) + p.shape[2:]), u.view((-1,) + u.shape[2:]), scale)
             return u
         q = self.prolong(xc)
@@ -273,7 +282,7 @@ class _Transfer(_Cached):
         return u + q if u.requires_grad or q.requires_grad else u.add_(q)
 
     def restrict(self, r: torch.Tensor) -> torch.Tensor:
-        q = self.fine.pad(r * self.typed("scale", r))
+        q = self.fine.pad_product(r, self.typed("scale", r))
         value = self.typed("value", r)
         if self.fine.nd == 3 and _kernels.transfer_ok(q, value):
             out = q.new_empty(q.shape[:2] + value.shape)
@@ -306,6 +315,7 @@ class Multigrid(Preconditioner):
 
     is_symmetric = True
     is_positive_definite = True
+    takes_grid_tensors = True
 
     def __init__(self, A: Optional[DiffusionOperator] = None, *, levels: Optional[int] = None,
                  smoother: str = "chebyshev", degree: int = 2, omega: float = 0.8, coarsest: int = 4,
@@ -325,7 +335,7 @@ class Multigrid(Preconditioner):
         self.dtype = dtype
         self.is_setup = False
         self.setup_time = 0.0
-        self._grid: Optional[ProcessGrid] = None
+        self._grid: Optional[ProcessGrid] = None  # the grid of the fields the levels serve (one rank's: whole)
         if A is not None:
             self.setup(A)
 
@@ -396,57 +406,59 @@ class Multigrid(Preconditioner):
 
     def _build(self, grid: Optional[ProcessGrid]) -> None:
         """Levels on ``grid``'s ranks while every block halves into blocks of at least 2 cells, then whole
-        (redundant on every rank). An operator built on a partition keeps its own levels' blocks."""
-        self._grid = grid if grid is not None and grid.size > 1 else None
+        (redundant on every rank, on one rank's grid). An operator built on a partition keeps its own levels'
+        blocks."""
+        g = grid if grid is not None and grid.size > 1 else serial_grid(self.shapes[0])
+        self._grid = g
         levels: list[_Level] = []
-        g = self._grid
         local = self.A.partition is not None
         for i, op in enumerate(self._ops):
             if local:
-                g = op.partition if op.partition is not None and op.partition.size > 1 else None
-            elif i > 0 and g is not None:
-                g = g.derived(op.grid.shape, [[n // 2 for n in split] for split in g.splits]) if _halves(g) else None
+                g = _own_grid(op)
+            elif i > 0:
+                g = g.derived(op.grid.shape, [[n // 2 for n in split] for split in g.splits]) \
+                    if g.size > 1 and _halves(g) else serial_grid(op.grid.shape)
             levels.append(_Level(op, g))
         self._levels = levels
         self._transfers = []
         for i, (fine, coarse) in enumerate(zip(levels[:-1], levels[1:])):
             # fine on ranks, coarse whole: transfer between the whole fine grid and the coarse one
             whole = fine
-            if fine.grid is not None and coarse.grid is None:
-                whole = _Level(self._whole_ops[i] if local else fine.A, None)
+            if fine.grid.size > 1 and coarse.grid.size == 1:
+                op = self._whole_ops[i] if local else fine.A
+                whole = _Level(op, serial_grid(op.grid.shape))
             self._transfers.append(_Transfer(whole, coarse))
 
     # ---- application ----------------------------------------------------------------------------------------
     def apply(self, r: Field) -> Field:
-        out = r.zeros_like() if isinstance(r, GridTensor) else torch.empty_like(r, memory_format=torch.contiguous_format)
-        return self.apply_into(r, out)
+        g, restore = self._lift(r)
+        out = g.with_local(torch.empty_like(g.local, memory_format=torch.contiguous_format))
+        return restore(self._apply_into(g, out))
 
     def apply_into(self, r: Field, out: Field) -> Field:
         """``out = M r`` (one V-cycle) into a preallocated ``out`` of ``r``'s shape."""
+        g, restore = self._lift(r)
+        return restore(self._apply_into(g, self._lift(out)[0]))
+
+    def _lift(self, x: Field) -> tuple[GridTensor, Any]:
+        """The entry point's conversion: ``x`` as a GridTensor on the finest grid (a plain tensor: its one-rank
+        view), and the function that gives the result back in ``x``'s kind and shape."""
         if not self.is_setup:
             raise RuntimeError("Multigrid.apply before setup(A): pass the operator to Multigrid(A) or to the solver")
-        P = self.A.partition
-        if isinstance(r, GridTensor):
-            if P is not None:
-                if not _same_blocks(r.grid, P):
-                    raise ValueError(f"the field's blocks ({r.grid!r}) are not those of the operator's partition "
-                                     f"({P!r})")
-            elif r.grid.size > 1 and r.grid != self._grid:
-                self._build(r.grid)
-            elif r.grid.size == 1 and self._grid is not None:
-                self._build(None)
-            self._top(r.local, out.local)
-            return out
         nd = len(self.shapes[0])
-        if tuple(r.shape[-nd:]) != self.shapes[0]:
-            raise ValueError(f"field of shape {tuple(r.shape)} does not end with the grid's shape {self.shapes[0]}")
-        if P is not None and P.size > 1:
-            raise ValueError(f"the operator holds one block of {P.size} ranks; apply the multigrid to GridTensors "
-                             "on its partition")
-        if self._grid is not None:
-            self._build(None)
-        shape = (-1, 1) + self.shapes[0]
-        self._top(r.reshape(shape), out.view(shape))
+        if tuple(x.shape[-nd:]) != self.shapes[0]:
+            raise ValueError(f"field of shape {tuple(x.shape)} does not end with the grid's shape {self.shapes[0]}")
+        return as_grid_tensor(x, self.shapes[0])
+
+    def _apply_into(self, r: GridTensor, out: GridTensor) -> GridTensor:
+        P = self.A.partition
+        if P is not None:
+            if not _same_blocks(r.grid, P):
+                raise ValueError(f"the field's blocks ({r.grid!r}) are not those of the operator's partition ({P!r})"
+                                 + ("; apply the multigrid to GridTensors on its partition" if P.size > 1 else ""))
+        elif r.grid is not self._grid and (r.grid.size > 1 or self._grid.size > 1) and r.grid != self._grid:
+            self._build(r.grid)
+        self._top(r.local, out.local)
         return out
 
     def _top(self, f: torch.Tensor, out: torch.Tensor) -> None:
@@ -479,7 +491,7 @@ class Multigrid(Preconditioner):
         if weight is not None:
             r = r * weight if functional else r.mul_(weight)
         t = self._transfers[i]
-        if lev.grid is not None and t.fine is not lev:  # coarse level whole: gather this level's residual
+        if t.fine is not lev:  # this level on ranks, the coarse one whole: gather this level's residual
             uc = self._cycle(i + 1, t.restrict(GridTensor(r, lev.grid).gather()))
             u = t.prolong_add(uc, u, weight, (slice(None), slice(None)) + lev.grid.local_slices)
         else:
@@ -539,10 +551,8 @@ class Multigrid(Preconditioner):
         return u
 
     def _coarse_solve(self, lev: _Level, f: torch.Tensor) -> torch.Tensor:
-        if lev.grid is not None:
-            whole = self._coarse_solve_whole(GridTensor(f, lev.grid).gather())
-            return whole[(slice(None), slice(None)) + lev.grid.local_slices].contiguous()
-        return self._coarse_solve_whole(f)
+        whole = self._coarse_solve_whole(GridTensor(f, lev.grid).gather())
+        return whole[(slice(None), slice(None)) + lev.grid.local_slices].contiguous()
 
     def _coarse_solve_whole(self, f: torch.Tensor) -> torch.Tensor:
         shape = f.shape
