@@ -18,7 +18,7 @@ from typing import Any, Optional, Union
 
 import torch
 
-from deepkrylov.distributed import GridTensor, ProcessGrid
+from deepkrylov.distributed import GridTensor, ProcessGrid, as_grid_tensor
 from deepkrylov.mesh import (
     EMPTY, FLUID, SOLID, BoundaryConditions, Box, DiffusionOperator, Sphere, StructuredGrid, laplacian,
     mask_from_shapes, smoke_scene,
@@ -48,13 +48,12 @@ def scene_problem(
     else:
         A = laplacian(grid, BoundaryConditions.uniform(dim, "dirichlet"), **kw)
     b = smooth_field(grid, seed=seed, partition=partition).masked_fill_(~A.fluid, 0.0).to(dtype)[None, None]
-    b = A.project(b if partition is None else GridTensor(b, partition))
-    local = b.local if partition is not None else b
-    sq = torch.linalg.vector_norm(local).square().reshape(1)  # no squared copy of the field
-    if partition is not None:
-        partition.comm.allreduce_(sq)
-    local.div_(sq.sqrt())
-    return A, b
+    bg, restore = as_grid_tensor(b if partition is None else GridTensor(b, partition), grid.shape)
+    bg = A.project(bg)
+    sq = torch.linalg.vector_norm(bg.local).square().reshape(1)  # no squared copy of the field
+    bg.grid.comm.allreduce_(sq)
+    bg.local.div_(sq.sqrt())
+    return A, restore(bg)
 
 
 def smooth_field(grid: StructuredGrid, *, length: float = 0.15, features: int = 64, seed: int = 0,
@@ -123,7 +122,7 @@ def random_scene(n: int, dim: int = 3, *, seed: int = 0,
             shapes.append(Sphere(tuple(u(0.1, 0.9) for _ in range(dim)), u(0.05, 0.12), "empty"))
     grid = StructuredGrid((n,) * dim)
     out = mask_from_shapes(grid, shapes, partition=partition)
-    mask = out.local[0, 0] if partition is not None else out
+    mask = as_grid_tensor(out, grid.shape)[0].local[0, 0]  # this rank's block (a view: edited in place)
     any_empty, any_fluid = _any(partition, bool((mask == EMPTY).any()), bool((mask == FLUID).any()))
     if not any_empty:  # pockets too small to hold a cell centre: open the top
         if partition is None or partition.coords[0] == partition.dims[0] - 1:
