@@ -7,9 +7,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from deepkrylov.distributed import GridTensor, ProcessGrid
+from deepkrylov.distributed import GridTensor, ProcessGrid, serial_grid
 from deepkrylov.mesh import BoundaryConditions, Box, DiffusionOperator, StructuredGrid, laplacian, mask_from_shapes
 from deepkrylov.solvers import cg
+from deepkrylov.solvers.learned_multigrid import LearnedMultigrid
 from deepkrylov.solvers.multigrid import Multigrid, coarsen_mask
 from deepkrylov.solvers.problems import scene_problem
 
@@ -118,6 +119,26 @@ def test_bad_input():
         coarsen_mask(torch.zeros(5, 4, dtype=torch.uint8))
     with pytest.raises(ValueError, match="does not end with the grid's shape"):
         Multigrid(A).apply(torch.zeros(1, 1, 8, 8, 8, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("cls", [Multigrid, LearnedMultigrid])
+def test_plain_tensor_equals_its_one_rank_grid_tensor(cls):
+    """The entry points lift a plain tensor to its one-rank GridTensor: the same bits, in the caller's kind and
+    shape, for a field, a batch and apply_into."""
+    A, _ = scene_problem(16, 3, "smoke")
+    M = cls(A)
+    r = _rand(A.grid.shape, 3, A.fluid.to(torch.float64))
+    z = M.apply(r)
+    g = M.apply(GridTensor(r.clone(), serial_grid(A.grid.shape)))
+    assert isinstance(g, GridTensor) and isinstance(z, torch.Tensor) and torch.equal(g.local, z)
+    assert torch.equal(M.apply(r[0, 0]), z[0, 0])
+    out = torch.empty(A.grid.shape, dtype=torch.float64)
+    M.apply_into(r[0, 0], out)
+    assert torch.equal(out, z[0, 0])
+    batch = torch.cat((r, -2 * r))[:, 0]  # (2, *shape)
+    zb = M.apply(batch)
+    assert zb.shape == batch.shape
+    torch.testing.assert_close(zb, torch.cat((z, -2 * z))[:, 0], rtol=0, atol=1e-13 * float(z.abs().max()))
 
 
 @pytest.mark.parametrize("n", [16, 32])
