@@ -20,9 +20,10 @@ from typing import Any, Callable, Optional, Union
 
 import torch
 
-from deepkrylov.distributed import GridTensor
+from deepkrylov.distributed import GridTensor, as_grid_tensor
 
 from .. import _vec as V
+from .._lift import _Adapted, spatial_of
 from ..krylov import check_system
 from ..preconditioners import Preconditioner, as_preconditioner
 from ..result import ConvergedReason, SolveResult
@@ -97,12 +98,33 @@ def dcdm(
     if not pc.is_setup:
         pc.setup(A)
     t0 = time.perf_counter()
+    # one field type below here: a plain b (and x0) becomes a GridTensor on a one-rank grid (the operator's mesh
+    # shape, else b's (1, 1, *spatial)); an operator or preconditioner on plain tensors only still sees them
+    spatial = spatial_of(A, b) or (tuple(b.shape[2:]) if len(b.shape) > 2 else None)
+    bg, restore = as_grid_tensor(b, spatial)
+    x0g = None if x0 is None else as_grid_tensor(x0, spatial)[0]
+    Mg = pc
+    if bg is not b:
+        if not getattr(A, "takes_grid_tensors", False):
+            apply = _Adapted(A, apply, restore, spatial).apply
+        if not pc.takes_grid_tensors:
+            Mg = _Adapted(pc, pc.apply, restore, spatial)
+    res = _dcdm(apply, bg, x0g, Mg, stopping, memory, callback)
+    res.x = restore(res.x)
+    res.wall_time = time.perf_counter() - t0
+    res.info = {"method": "dcdm", "memory": memory, "reference_norm": stopping.ref_norm, "preconditioner": repr(pc)}
+    return res
+
+
+def _dcdm(apply: Callable[[GridTensor], GridTensor], b: GridTensor, x0: Optional[GridTensor], pc: Any,
+          stopping: StoppingCriterion, memory: int, callback: Optional[Callable[[int, float], None]]) -> SolveResult:
+    """The iteration on GridTensors (see :func:`dcdm`)."""
     if V.has_nonfinite(b):
         raise ValueError("the right-hand side contains NaN or Inf")
-    x = V.zeros_like(b) if x0 is None else x0.clone()
+    x = b.zeros_like() if x0 is None else x0.clone()
     r = b.clone() if x0 is None else b - apply(x)
-    rnorm = float(V.norm(r))
-    stopping.start(rnorm, float(V.norm(b)), guess_zero=x0 is None)
+    rnorm = float(r.norm())
+    stopping.start(rnorm, float(b.norm()), guess_zero=x0 is None)
     history = [rnorm]
     directions: deque = deque(maxlen=max(memory, 1))
     message, it = "", 0
@@ -114,9 +136,9 @@ def dcdm(
             q = pc.apply(r)
             if memory:
                 for p, Ap, pAp in directions:
-                    q = q - p * (V.dot(q, Ap) / pAp)
+                    q = q - p * (q.dot(Ap) / pAp)
             Aq = apply(q)
-            qAq = V.dot(q, Aq)
+            qAq = q.dot(Aq)
             if not bool(torch.isfinite(qAq)):
                 reason, message = ConvergedReason.DIVERGED_NANORINF, "the preconditioner or operator produced NaN/Inf"
                 break
@@ -124,17 +146,14 @@ def dcdm(
                 reason = ConvergedReason.DIVERGED_INDEFINITE_MAT
                 message = f"q.Aq = {float(qAq):.3e} <= 0 at iteration {it + 1}: the operator is not positive definite"
                 break
-            x = x + q * (V.dot(q, r) / qAq)
+            x = x + q * (q.dot(r) / qAq)
             r = b - apply(x)
             it += 1
-            rnorm = float(V.norm(r))
+            rnorm = float(r.norm())
             history.append(rnorm)
             if callback is not None:
                 callback(it, rnorm)
             if memory:
                 directions.append((q, Aq, qAq))
             reason = stopping.check(it, rnorm)
-    return SolveResult(
-        x=x, iterations=it, residual_norms=history, reason=reason, wall_time=time.perf_counter() - t0,
-        message=message, info={"method": "dcdm", "memory": memory, "reference_norm": stopping.ref_norm, "preconditioner": repr(pc)},
-    )
+    return SolveResult(x=x, iterations=it, residual_norms=history, reason=reason, wall_time=0.0, message=message)

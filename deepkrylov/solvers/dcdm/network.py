@@ -13,21 +13,21 @@ The layers are :mod:`deepkrylov.distributed` HaloConv modules, so the same weigh
 
 from __future__ import annotations
 
-from typing import Union
+from typing import Any, Callable, Union
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from deepkrylov.distributed import GridTensor, HaloConv2d, HaloConv3d, conv, conv_transpose
+from deepkrylov.distributed import GridTensor, HaloConv2d, HaloConv3d, as_grid_tensor, conv, conv_transpose
 
 __all__ = ["DCDMNet"]
 
 Field = Union[torch.Tensor, GridTensor]
 
 
-def _relu(x: Field) -> Field:
-    return x.map(F.relu) if isinstance(x, GridTensor) else F.relu(x)
+def _relu(x: GridTensor) -> GridTensor:
+    return x.map(F.relu)
 
 
 class DCDMNet(nn.Module):
@@ -43,6 +43,8 @@ class DCDMNet(nn.Module):
     Shape:
         input ``(batch, 1, *spatial)`` tensor or GridTensor, every spatial size even; output the same shape.
     """
+
+    takes_grid_tensors = True
 
     def __init__(self, dim: int = 3, width: int = 16, pre: int = 4, mid: int = 3, post: int = 2) -> None:
         super().__init__()
@@ -79,26 +81,30 @@ class DCDMNet(nn.Module):
                 f"DCDM pools by 2 along every axis: grid sizes must be even, but got {tuple(shape[2:])}"
             )
 
-    def _pool(self, x: Field) -> Field:
-        if isinstance(x, GridTensor):
-            k = (2,) * self.dim
-            w = x.local.new_full((self.width, 1) + k, 1.0 / 2**self.dim)
-            return conv(x, w, None, stride=2, groups=self.width)
+    def _pool(self, x: GridTensor) -> GridTensor:
+        """2x average pooling: a strided depthwise convolution with weights ``1 / 2**dim``."""
+        w = x.local.new_full((self.width, 1) + (2,) * self.dim, 1.0 / 2**self.dim)
+        return conv(x, w, None, stride=2, groups=self.width)
+
+    def _upsample(self, x: GridTensor, like: GridTensor) -> GridTensor:
+        """2x nearest upsampling onto ``like``'s grid: a strided depthwise transposed convolution with ones."""
+        w = x.local.new_ones((self.width, 1) + (2,) * self.dim)
+        return conv_transpose(x, w, None, stride=2, groups=self.width, output_grid=like.grid)
+
+    def _pool_block(self, x: torch.Tensor) -> torch.Tensor:
         return (F.avg_pool3d if self.dim == 3 else F.avg_pool2d)(x, 2)
 
-    def _upsample(self, x: Field, like: Field) -> Field:
-        if isinstance(x, GridTensor):
-            w = x.local.new_ones((self.width, 1) + (2,) * self.dim)
-            return conv_transpose(x, w, None, stride=2, groups=self.width, output_grid=like.grid)
+    @staticmethod
+    def _upsample_block(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         if x.is_mkldnn:  # oneDNN has no nearest upsampling: through a dense tensor (half resolution, cheap)
             return F.interpolate(x.to_dense(), scale_factor=2, mode="nearest").to_mkldnn()
         return F.interpolate(x, scale_factor=2, mode="nearest")
 
-    def _fast_path(self, r: Field) -> bool:
-        """Inference on a plain float32 CPU tensor: run the oneDNN (mkldnn) twin of the network. torch's default
-        CPU conv3d takes a slow path at these sizes (16x slower at 32^3 on the project's machine)."""
-        return (not self.training and not torch.is_grad_enabled() and isinstance(r, torch.Tensor) and not r.is_mkldnn
-                and r.device.type == "cpu" and r.dtype == torch.float32 and torch.backends.mkldnn.is_available())
+    def _fast_path(self, local: torch.Tensor) -> bool:
+        """Inference on a float32 CPU block of a one-rank grid: run the oneDNN (mkldnn) twin of the network.
+        torch's default CPU conv3d takes a slow path at these sizes (16x slower at 32^3 on the project's machine)."""
+        return (not self.training and not torch.is_grad_enabled() and local.device.type == "cpu"
+                and local.dtype == torch.float32 and torch.backends.mkldnn.is_available())
 
     def _mkldnn_twin(self) -> nn.Module:
         """A oneDNN copy of this network, rebuilt when the weights change."""
@@ -116,20 +122,32 @@ class DCDMNet(nn.Module):
 
     def forward(self, r: Field) -> Field:
         self._check(r)
-        if isinstance(r, GridTensor) and r.grid.size == 1 and self._fast_path(r.local):
-            return r.with_local(self._mkldnn_twin()(r.local.contiguous().to_mkldnn()).to_dense())
-        if self._fast_path(r):
-            return self._mkldnn_twin()(r.to_mkldnn()).to_dense()
-        h = self.lift(r)
-        a = _relu(self.down[0](h))
-        b = _relu(self.down[1](a))
+        g, restore = as_grid_tensor(r, r.shape[2:])
+        if g.grid.size > 1 or any(g.grid.periodic):
+            return restore(self._layers(self, g, _relu, self._pool, self._upsample))
+        # One rank: the block is the whole field, so torch's convolutions with their own zero padding run on it
+        # directly (no halo copies: 15% of a training step at 16^3), or oneDNN's for float32 inference.
+        if self._fast_path(g.local):
+            q = self._layers(self._mkldnn_twin(), g.local.contiguous().to_mkldnn(), F.relu, self._pool_block,
+                             self._upsample_block).to_dense()
+        else:
+            q = self._layers(self, g.local, F.relu, self._pool_block, self._upsample_block)
+        return restore(g.with_local(q))
+
+    def _layers(self, net: nn.Module, h: Any, relu: Callable, pool: Callable, upsample: Callable) -> Any:
+        """The network's layer sequence on ``h`` (a GridTensor, or the block of a one-rank grid as a dense or
+        mkldnn tensor) with ``net``'s convolutions (this network's or its oneDNN twin's) and the matching
+        activation, pooling and upsampling."""
+        h = net.lift(h)
+        a = relu(net.down[0](h))
+        b = relu(net.down[1](a))
         for i in range(2, self.pre, 2):
-            a = _relu(self.down[i](b)) + a
-            b = _relu(self.down[i + 1](a))
-        u = self._pool(b)
+            a = relu(net.down[i](b)) + a
+            b = relu(net.down[i + 1](a))
+        u = pool(b)
         for i in range(0, 2 * self.mid, 2):
-            u = _relu(self.coarse[i + 1](_relu(self.coarse[i](u)))) + u
-        v = self._upsample(u, b) + b
+            u = relu(net.coarse[i + 1](relu(net.coarse[i](u)))) + u
+        v = upsample(u, b) + b
         for i in range(0, 2 * self.post, 2):
-            v = _relu(self.up[i + 1](_relu(self.up[i](v)))) + v
-        return self.head(v)
+            v = relu(net.up[i + 1](relu(net.up[i](v)))) + v
+        return net.head(v)

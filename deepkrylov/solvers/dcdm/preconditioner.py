@@ -8,9 +8,8 @@ from typing import Any, Optional, Union
 
 import torch
 
-from deepkrylov.distributed import GridTensor
+from deepkrylov.distributed import GridTensor, as_grid_tensor
 
-from .. import _vec as V
 from ..preconditioners import Preconditioner
 
 __all__ = ["NetworkPreconditioner"]
@@ -29,12 +28,15 @@ class NetworkPreconditioner(Preconditioner):
     :func:`~deepkrylov.solvers.dcdm.dcdm` or :func:`~deepkrylov.solvers.fcg`, not in plain CG.
 
     Args:
-        model: the network (any ``nn.Module`` or callable on tensors / GridTensors ``(batch, 1, *spatial)``).
+        model: the network: an ``nn.Module`` or callable on GridTensors ``(batch, 1, *spatial)`` that says so with
+            ``takes_grid_tensors = True`` (:class:`~deepkrylov.solvers.dcdm.DCDMNet`), or one on plain tensors
+            (then on one rank only).
         dtype: the dtype the network runs in; default: the dtype of its parameters (else ``r``'s).
     """
 
     is_symmetric = False
     is_positive_definite = None
+    takes_grid_tensors = True
 
     def __init__(self, model: Any, *, dtype: Optional[torch.dtype] = None) -> None:
         if not callable(model):
@@ -54,14 +56,26 @@ class NetworkPreconditioner(Preconditioner):
         return int(d) if isinstance(d, int) else None
 
     def apply(self, r: Field) -> Field:
+        g, restore = as_grid_tensor(r, r.shape[2:] if len(r.shape) > 2 else None)
         with torch.no_grad():
-            n = V.norm(r)
+            n = g.norm()
             if not float(n) > 0:  # zero (M(0) = 0) or NaN (passed on for the caller's NaN check)
-                return r * n
-            rin = r / n
-            if self.dtype is not None and self.dtype != r.dtype:
-                return self.model(rin.to(self.dtype)).to(r.dtype) * n
-            return self.model(rin) * n
+                return restore(g * n)
+            rin = g / n
+            if self.dtype is not None and self.dtype != g.dtype:
+                return restore(self._call(rin.to(self.dtype)).to(g.dtype) * n)
+            return restore(self._call(rin) * n)
+
+    def _call(self, r: GridTensor) -> GridTensor:
+        """The network on ``r``: as it is for a network on GridTensors (``takes_grid_tensors``, e.g.
+        :class:`~deepkrylov.solvers.dcdm.DCDMNet`), on the block of a one-rank grid for any other."""
+        if getattr(self.model, "takes_grid_tensors", False):
+            return self.model(r)
+        if r.grid.size > 1:
+            raise TypeError(f"{type(self.model).__name__} takes plain tensors only (no takes_grid_tensors = True), "
+                            f"but the residual is split over {r.grid.size} ranks; use a network on GridTensors "
+                            "such as DCDMNet")
+        return r.with_local(self.model(r.local))
 
     def __repr__(self) -> str:
         name = type(self.model).__name__

@@ -19,7 +19,9 @@ from typing import Callable, Optional, Union
 
 import torch
 
-from deepkrylov.distributed import GridTensor
+from deepkrylov.distributed import GridTensor, as_grid_tensor
+
+from .._lift import _Adapted
 
 __all__ = ["dcdm_loss", "ritz_vectors", "ritz_rhs", "train_dcdm", "train_scene_model"]
 
@@ -32,19 +34,25 @@ def _apply(operator) -> Apply:  # type: ignore[no-untyped-def]
     return operator.apply if hasattr(operator, "apply") else operator
 
 
-def _bdot(a: Field, b: Field) -> torch.Tensor:
+def _bdot(a: GridTensor, b: GridTensor) -> torch.Tensor:
     """Per-sample inner products, shape (batch,)."""
-    if isinstance(a, GridTensor):
-        return a.dot(b, keep_batch=True)
-    return (a * b).flatten(1).sum(1)
+    return a.dot(b, keep_batch=True)
 
 
 def dcdm_loss(operator, b: Field, q: Field) -> torch.Tensor:  # type: ignore[no-untyped-def]
-    """Mean squared residual after the exact line search along ``q`` (per sample), scale-invariant in ``q``."""
-    Aq = _apply(operator)(q)
-    alpha = _bdot(q, b) / _bdot(q, Aq)
-    shape = (-1,) + (1,) * (len(b.shape) - 1)
-    r = b - Aq * alpha.view(shape)
+    """Mean squared residual after the exact line search along ``q`` (per sample), scale-invariant in ``q``.
+
+    ``b`` and ``q``: tensors ``(batch, 1, *spatial)`` or GridTensors; ``operator``: an operator or a callable on
+    fields like ``b`` (one on plain tensors only sees plain tensors)."""
+    spatial = tuple(b.shape[2:]) if len(b.shape) > 2 else None
+    bg, restore = as_grid_tensor(b, spatial)
+    qg = as_grid_tensor(q, spatial)[0]
+    apply = _apply(operator)
+    if bg is not b and not getattr(operator, "takes_grid_tensors", False):
+        apply = _Adapted(operator, apply, restore, spatial).apply
+    Aq = apply(qg)
+    alpha = _bdot(qg, bg) / _bdot(qg, Aq)
+    r = bg - Aq * alpha.view((-1,) + (1,) * (qg.local.dim() - 1))
     return _bdot(r, r).mean()
 
 
