@@ -169,7 +169,8 @@ def stencil_fields(net: StencilNet, A: DiffusionOperator, features: torch.Tensor
     """The level's smoothing stencils (already times ``D^-1``) and their transposes in the compiled pass's form
     ``[d, w0l, w0h, w1l, w1h, w2l, w2h]`` with ``S x = d x - sum_j w_j x[neighbour j]`` (five entries in 2D), and the
     correction weight; tensors of ``A``'s block (the whole grid without a partition) in ``dtype``, differentiable
-    in the network's weights. On a partition the features' and the stencils' neighbours come by halo exchange."""
+    in the network's weights. The features' and the stencils' neighbours come by halo exchange on the operator's
+    partition (the one-rank grid of a whole operator)."""
     nd = A.grid.ndim
     grid = _own_grid(A)
     shape = A.block_shape

@@ -309,6 +309,10 @@ class Multigrid(Preconditioner):
             traffic, the same iterations to 1e-6 on the smoke scenes; symmetric to that precision); default: the
             field's.
 
+    Fields: a GridTensor, or a tensor of the grid's shape, ``(batch, *shape)`` or ``(batch, channels, *shape)``,
+    which runs as its one-rank GridTensor view (:func:`~deepkrylov.distributed.as_grid_tensor`) and comes back in
+    its own shape.
+
     Attributes: ``setup_time`` (seconds), ``shapes`` (grid shape per level), ``is_symmetric``,
     ``is_positive_definite``.
     """
