@@ -10,12 +10,12 @@ from typing import Any, Callable, Optional
 import numpy as np
 import torch
 
-from deepkrylov.distributed import GridTensor, ProcessGrid
+from deepkrylov.distributed import GridTensor, ProcessGrid, serial_grid
 
 from ..preconditioners import Preconditioner
 from ..result import ConvergedReason, SolveResult
 from ._core import _sizes, _track_petsc_object, import_petsc
-from .layout import _grid_for_vec, create_dmda
+from .layout import _check_grid, _grid_for_vec, _lift, create_dmda
 from .mat import PetscMatOperator, as_petsc_mat, assemble_aij, set_constant_null_space, set_null_space
 from .vec import _through_petsc, from_petsc_vec, to_petsc_vec
 
@@ -180,6 +180,7 @@ class PetscPC(Preconditioner):
     """
 
     is_positive_definite = None
+    takes_grid_tensors = True
 
     def __init__(self, A: Any = None, pc_type: str = "jacobi", *, grid: Optional[ProcessGrid] = None,
                  options: Optional[dict] = None, prefix: Optional[str] = None,
@@ -288,37 +289,28 @@ class PetscPC(Preconditioner):
             _track_petsc_object(obj)
         self.assembly_time, self.setup_time = t1 - t0, t2 - t0
 
-    def _grid_for(self, r: Any) -> ProcessGrid:
-        if isinstance(r, GridTensor):
-            return r.grid
-        if not isinstance(r, torch.Tensor):
-            raise TypeError(f"PetscPC applies to a torch.Tensor or GridTensor, but got {type(r).__name__}")
-        if self.grid is not None:
-            return self.grid
+    def _one_rank_grid(self) -> ProcessGrid:
+        """The grid of a plain tensor before set-up: one process, the matrix's mesh shape (or its size)."""
         mesh = getattr(self.A, "grid", None)
-        shape = tuple(getattr(mesh, "shape", ())) or (int(self.A.shape[0]),)
-        return ProcessGrid(None, shape)  # a plain tensor: one process
+        return serial_grid(tuple(getattr(mesh, "shape", ())) or (int(self.A.shape[0]),))
 
     def apply(self, r: Any) -> Any:
+        """``M r`` for a GridTensor on the PC's grid (on one rank: on any one-rank grid with its cells) or a plain
+        tensor on one rank (each sample ``(n,)`` or laid out on the grid); a batch or several channels get one
+        ``PCApply`` each."""
         if not self.is_setup:
             raise RuntimeError("PetscPC.apply before setup(A): pass the matrix to PetscPC(A, ...) or to the solver")
-        grid = self._grid_for(r)
+        g, restore = _lift(r, self.grid if self.grid is not None else self._one_rank_grid())
         if self.pc is None:
-            self._build(grid)
-        elif isinstance(r, GridTensor) and r.grid != self.grid:
-            raise ValueError(f"r lives on {r.grid!r} but this PetscPC was set up on {self.grid!r}")
-        local = r.local if isinstance(r, GridTensor) else r
-        nloc = _sizes(self.grid)[0]
-        per = local.numel() // max(local.shape[0] * local.shape[1], 1) if local.dim() > 2 else local.numel()
-        if local.dim() > 2 and local.shape[:2] != (1, 1):  # a batch or several channels: one PCApply each
-            parts = [self._apply_local(local[i:i + 1, c:c + 1]) for i in range(local.shape[0])
-                     for c in range(local.shape[1])]
-            out = torch.cat([p.reshape(1, -1) for p in parts]).reshape(local.shape)
-        elif per == nloc:
-            out = self._apply_local(local)
+            self._build(g.grid if g.grid.size > 1 else self._one_rank_grid())
+        _check_grid(g, self.grid, "r", "this PetscPC was set up on")
+        local = g.local
+        if local.shape[:2] != (1, 1):  # a batch or several channels: one PCApply each
+            out = torch.cat([self._apply_local(local[i:i + 1, c:c + 1]) for i in range(local.shape[0])
+                             for c in range(local.shape[1])]).reshape(local.shape)
         else:
-            raise ValueError(f"r has {per} entries per sample on this rank but the PC {nloc}")
-        return r.with_local(out) if isinstance(r, GridTensor) else out
+            out = self._apply_local(local)
+        return restore(g.with_local(out))
 
     def _apply_local(self, local: torch.Tensor) -> torch.Tensor:
         xv, yv = self._work

@@ -7,8 +7,9 @@ from __future__ import annotations
 from typing import Any, Optional
 
 import numpy as np
+import torch
 
-from deepkrylov.distributed import ProcessGrid
+from deepkrylov.distributed import GridTensor, ProcessGrid, as_grid_tensor
 
 from ._core import _libpetsc_path, _sizes, import_petsc, petsc_comm
 
@@ -90,6 +91,30 @@ def _grid_for_vec(vec: Any) -> ProcessGrid:
     """A grid for a PETSc vector: its DMDA's when it has one, else 1D with the vector's ownership ranges."""
     grid = _grid_from_dm(vec.getDM())
     return grid if grid is not None else _layout_grid(vec)
+
+
+def _same_cells(a: ProcessGrid, b: ProcessGrid) -> bool:
+    """Both grids one-rank with the same number of cells: a block on one is the block on the other, flattened (so
+    a one-rank field, e.g. a plain tensor lifted by a solver, fits a PETSc object on any one-rank layout)."""
+    return a.size == b.size == 1 and _sizes(a) == _sizes(b)
+
+
+def _check_grid(x: GridTensor, grid: ProcessGrid, name: str, owner: str) -> None:
+    """Raise unless ``x`` lives on ``grid`` (or on a one-rank grid with its cells, :func:`_same_cells`); the
+    message reads ``<name> lives on the grid ... but <owner> the grid ...``."""
+    if x.grid != grid and not _same_cells(x.grid, grid):
+        raise ValueError(f"{name} lives on the grid {x.grid!r} but {owner} the grid {grid!r}"
+                         + ("" if x.grid.size > 1 or grid.size == 1 else
+                            "; on several ranks give a GridTensor on that grid, not a tensor"))
+
+
+def _lift(x: Any, grid: ProcessGrid) -> tuple[GridTensor, Any]:
+    """:func:`~deepkrylov.distributed.as_grid_tensor` for PETSc's objects: a plain tensor laid out on ``grid``'s
+    shape (``(batch, channels, *shape)``) keeps its samples and channels, any other is flattened per sample."""
+    spatial = tuple(grid.global_shape)
+    fits = (isinstance(x, torch.Tensor) and len(spatial) <= x.dim() <= len(spatial) + 2
+            and tuple(x.shape[x.dim() - len(spatial):]) == spatial)
+    return as_grid_tensor(x, spatial if fits else None)
 
 
 GRID_OPTION = "deepkrylov_grid"

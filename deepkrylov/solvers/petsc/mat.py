@@ -12,8 +12,8 @@ from deepkrylov.distributed import GridTensor, ProcessGrid
 
 from ..matrix import LinearOperator
 from ._core import _sizes, _track_petsc_object, import_petsc, petsc_comm
-from .layout import _grid_for_vec, _local_natural_rows, _petsc_index
-from .vec import _as_local, _through_petsc, from_petsc_vec, to_petsc_vec
+from .layout import _check_grid, _grid_for_vec, _lift, _local_natural_rows, _petsc_index, _same_cells
+from .vec import _through_petsc, from_petsc_vec, to_petsc_vec
 
 
 def assemble_aij(A: Any, grid: ProcessGrid) -> Any:
@@ -106,16 +106,35 @@ def set_null_space(mat: Any, basis: Any, grid: ProcessGrid) -> Any:
     ``DiffusionOperator.null_space()``, the constant on fluid cells of a pure-Neumann problem with obstacles).
     It is normalised here. Returns the NullSpace."""
     PETSc = import_petsc()
-    if not isinstance(basis, GridTensor):
-        t = torch.as_tensor(basis).to(torch.float64)
-        if t.numel() != int(np.prod(grid.global_shape)):
-            raise ValueError(f"null-space vector has {t.numel()} entries, but the grid has {grid.global_shape}")
-        basis = GridTensor.from_global(t.reshape((1, 1) + grid.global_shape), grid)
-    v = to_petsc_vec(basis, copy=True)
+    v = to_petsc_vec(_on_grid(basis, grid, "null-space vector"), copy=True)
     v.normalize()
     ns = PETSc.NullSpace().create(constant=False, vectors=[v], comm=mat.getComm())
     mat.setNullSpace(ns)
     return ns
+
+
+def _on_grid(v: Any, grid: ProcessGrid, what: str) -> GridTensor:
+    """``v`` as a float64 GridTensor on ``grid``: a GridTensor there as it is, or a whole field (every rank holds all
+    of it, any shape with the grid's number of cells) cut to this rank's block."""
+    if isinstance(v, GridTensor):
+        if v.grid != grid and not _same_cells(v.grid, grid):
+            raise ValueError(f"{what} lives on {v.grid!r}, not on the grid {grid!r}")
+        return GridTensor(v.local.detach().to(torch.float64).reshape((1, 1) + grid.local_shape), grid)
+    t = torch.as_tensor(v).detach().to(torch.float64)
+    if t.numel() != int(np.prod(grid.global_shape)):
+        raise ValueError(f"{what} has {t.numel()} entries, but the grid has {grid.global_shape}")
+    return GridTensor.from_global(t.reshape((1, 1) + grid.global_shape), grid)
+
+
+def _result_local(y: Any, x: GridTensor, op: Any) -> torch.Tensor:
+    """The float64 block of ``y = op(x)``, which must be a GridTensor like ``x``."""
+    if not isinstance(y, GridTensor):
+        raise TypeError(f"{type(op).__name__} returned a {type(y).__name__} for a GridTensor; PETSc needs an operator "
+                        "on GridTensors (takes_grid_tensors) that returns one like its input")
+    if y.local.numel() != x.local.numel():
+        raise ValueError(f"{type(op).__name__} returned local shape {tuple(y.local.shape)} for an input of local "
+                         f"shape {tuple(x.local.shape)}; it must return a field like its input")
+    return y.local.to(torch.float64)
 
 
 class ShellContext:
@@ -128,8 +147,7 @@ class ShellContext:
         xt = from_petsc_vec(x, self.grid)
         yt = from_petsc_vec(y, self.grid)
         xin = xt if getattr(self.op, "dtype", torch.float64) == torch.float64 else xt.to(self.op.dtype)
-        out = self.op.apply(xin)
-        yt.local.copy_(_as_local(out, self.grid).reshape(yt.local.shape).to(torch.float64))
+        yt.local.copy_(_result_local(self.op.apply(xin), xt, self.op).reshape(yt.local.shape))
 
     def multTranspose(self, mat: Any, x: Any, y: Any) -> None:
         if getattr(self.op, "is_symmetric", None) is not True:
@@ -137,12 +155,8 @@ class ShellContext:
         self.mult(mat, x, y)
 
     def getDiagonal(self, mat: Any, d: Any) -> None:
-        diag = self.op.diagonal()
         dt = from_petsc_vec(d, self.grid)
-        local = diag.local if isinstance(diag, GridTensor) else diag
-        if not isinstance(diag, GridTensor) and local.numel() == int(np.prod(self.grid.global_shape)):
-            local = local.reshape((1, 1) + self.grid.global_shape)[(slice(None), slice(None)) + self.grid.local_slices]
-        dt.local.copy_(local.reshape(dt.local.shape).to(torch.float64))
+        dt.local.copy_(_on_grid(self.op.diagonal(), self.grid, "the diagonal").local.reshape(dt.local.shape))
 
 
 def as_petsc_mat(op: Any, grid: ProcessGrid) -> Any:
@@ -162,6 +176,8 @@ class PetscMatOperator(LinearOperator):
 
     Vectors are wrapped without copies (``placeArray``) when they are CPU float64 and contiguous.
     """
+
+    takes_grid_tensors = True
 
     def __init__(self, mat: Any, grid: Optional[ProcessGrid] = None) -> None:
         import_petsc()
@@ -200,24 +216,21 @@ class PetscMatOperator(LinearOperator):
             return None
         return bool(flag) if known else None
 
-    def _wrap(self, x: Any) -> GridTensor:
-        if isinstance(x, GridTensor):
-            if x.grid != self.grid:
-                raise ValueError(f"x lives on the grid {x.grid!r} but the operator on the grid {self.grid!r}")
-            return x
-        if isinstance(x, torch.Tensor) and x.numel() == self._n and self.grid.size == 1:
-            return GridTensor(x.reshape((1, 1) + self.grid.local_shape), self.grid)
-        raise TypeError(f"x must be a GridTensor on the operator's grid, but got {type(x).__name__}")
-
     def apply(self, x: Any) -> Any:
-        xt = self._wrap(x)
-        if xt.local.shape[:2] != (1, 1):
-            out = [self.apply(xt.with_local(xt.local[i:i + 1, c:c + 1]))
-                   for i in range(xt.local.shape[0]) for c in range(xt.local.shape[1])]
-            loc = torch.cat([o.local for o in out]).reshape(xt.local.shape)
-            return xt.with_local(loc) if isinstance(x, GridTensor) else loc.reshape(x.shape)
-        dst = _through_petsc(self.mat.mult, self._x, self._y, xt.local)
-        return xt.with_local(dst) if isinstance(x, GridTensor) else dst.reshape(x.shape)
+        """``A x`` for a GridTensor on the operator's grid (or, on one rank, on any one-rank grid with its number
+        of cells), or a plain tensor on one rank (each sample ``(n,)`` or laid out on the grid)."""
+        g, restore = _lift(x, self.grid)
+        _check_grid(g, self.grid, "x", "the operator lives on")
+        local = g.local
+        if local.shape[:2] != (1, 1):  # a batch or several channels: one MatMult each
+            out = torch.cat([self._mult(local[i:i + 1, c:c + 1]) for i in range(local.shape[0])
+                             for c in range(local.shape[1])]).reshape(local.shape)
+        else:
+            out = self._mult(local)
+        return restore(g.with_local(out))
+
+    def _mult(self, local: torch.Tensor) -> torch.Tensor:
+        return _through_petsc(self.mat.mult, self._x, self._y, local)
 
     def close(self) -> None:
         """Destroy the work vectors now (PETSc may be finalized before Python collects them)."""

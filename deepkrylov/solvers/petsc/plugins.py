@@ -32,9 +32,9 @@ from ..result import SolveResult
 from ._core import _reports_errors, _track_petsc_object, import_petsc
 from .ksp import PetscPC
 from .layout import GRID_OPTION, plugin_grid
-from .mat import PetscMatOperator
+from .mat import PetscMatOperator, _result_local
 from .readback import MatDiffusion, _embed, _multiple_for, _read_stencil
-from .vec import _as_local, from_petsc_vec
+from .vec import from_petsc_vec
 
 __all__ = ["Plugin", "KSPPlugin", "PCPlugin", "CG", "FCG", "DCDM", "PC", "Jacobi", "DCDMPC", "MG", "LearnedMG",
            "embedding_environment"]
@@ -293,7 +293,7 @@ class PCPlugin(Plugin):
     def _apply(self, x: GridTensor, y: GridTensor) -> None:
         """``y = M x`` for a deepkrylov preconditioner (or callable) ``self.inner`` on GridTensors."""
         fn = self.inner.apply if hasattr(self.inner, "apply") else self.inner
-        y.local.copy_(_as_local(fn(x), self.grid).reshape(y.local.shape))
+        y.local.copy_(_result_local(fn(x), x, self.inner).reshape(y.local.shape))
 
 
 def _make_preconditioner(kind: str, op: Any) -> Any:

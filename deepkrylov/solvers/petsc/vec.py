@@ -67,8 +67,3 @@ def from_petsc_vec(vec: Any, grid: Optional[ProcessGrid] = None, copy: bool = Fa
     if copy:
         t = t.clone()
     return GridTensor(t.reshape((1, 1) + grid.local_shape), grid)
-
-
-def _as_local(x: Any, grid: ProcessGrid) -> torch.Tensor:
-    return x.local if isinstance(x, GridTensor) else x
-
