@@ -250,15 +250,17 @@ def _interior(widths: Widths, local: Sequence[int]) -> tuple:
     return (slice(None), slice(None)) + tuple(slice(lo, lo + n) for (lo, _), n in zip(widths, local))
 
 
+def _padded(x: torch.Tensor, plan: HaloExchange) -> torch.Tensor:
+    buf = x.new_empty(tuple(x.shape[:2]) + plan.padded)
+    buf[_interior(plan.widths, plan.grid.local_shape)] = x
+    return plan.run(buf)
+
+
 class _Halo(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, plan: HaloExchange) -> torch.Tensor:  # type: ignore[override]
-        local = plan.grid.local_shape
-        buf = x.new_empty(tuple(x.shape[:2]) + plan.padded)
-        buf[_interior(plan.widths, local)] = x
-        plan.run(buf)
         ctx.plan = plan
-        return buf
+        return _padded(x, plan)
 
     @staticmethod
     def backward(ctx, g: torch.Tensor):  # type: ignore[override]
@@ -276,4 +278,6 @@ def halo(x: torch.Tensor, grid: ProcessGrid, width: Union[int, Sequence] = 1, mo
     if tuple(x.shape[2:]) != grid.local_shape:
         raise ValueError(f"local block has spatial shape {tuple(x.shape[2:])}, but the grid expects {grid.local_shape}")
     plan = grid.exchange_plan(width, mode, x.dtype, x.device)  # validates, the same on every rank, before any message
-    return _Halo.apply(x, plan)
+    if torch.is_grad_enabled() and x.requires_grad:
+        return _Halo.apply(x, plan)
+    return _padded(x, plan)  # no graph to record: skip the autograd.Function's overhead
