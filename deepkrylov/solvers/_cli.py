@@ -30,13 +30,12 @@ Callback = Callable[[int, float], None]
 @dataclass
 class SolveProblem:
     """What every method of ``deepkrylov solve`` gets: the operator (built on this rank's block on several ranks),
-    the right-hand side (a tensor on one rank, a GridTensor on several), the same as a GridTensor, the grid shape
-    and the parsed arguments (``rtol``, ``max_it``, ``model``, ...). Nothing in it holds the whole grid on more
-    than one rank."""
+    the right-hand side as a GridTensor (on one rank: on the one-rank grid, a view of the whole field), the grid
+    shape and the parsed arguments (``rtol``, ``max_it``, ``model``, ...). Nothing in it holds the whole grid on
+    more than one rank."""
 
     op: Any
     b: Any
-    bg: Any
     shape: tuple
     args: argparse.Namespace
     model: Any = None          # the DCDM network, loaded before any method runs (a bad file fails fast)
@@ -73,7 +72,7 @@ def _petsc_baseline(pc_type: str) -> Callable[[SolveProblem, Callback], Any]:
             log.warning("skipping %s: petsc4py is not installed", pc_type)
             return None
         null = p.op.null_space() if getattr(p.op, "singular", False) else False
-        return petsc_solve(p.op, p.bg, pc_type=pc_type, rtol=p.args.rtol, max_it=p.args.max_it,
+        return petsc_solve(p.op, p.b, pc_type=pc_type, rtol=p.args.rtol, max_it=p.args.max_it,
                            null_space=null if null is not None else False, monitor=callback)
 
     solve.__name__ = f"_solve_petsc_{pc_type}"
@@ -84,7 +83,7 @@ def _solve_mg(p: SolveProblem, callback: Callback) -> Any:
     from .krylov import cg
     from .multigrid import Multigrid
 
-    M = Multigrid(dtype=torch.float32).setup(p.op, p.bg.grid if p.bg.grid.size > 1 else None)
+    M = Multigrid(dtype=torch.float32).setup(p.op, p.b.grid)
     res = cg(p.op, p.b, M=M, rtol=p.args.rtol, max_it=p.args.max_it, callback=callback)
     res.info["setup_time"] = M.setup_time
     return res
@@ -94,7 +93,7 @@ def _solve_learned(p: SolveProblem, callback: Callback) -> Any:
     from .krylov import cg
     from .learned_multigrid import LearnedMultigrid
 
-    M = LearnedMultigrid(net=p.stencil_net, dtype=torch.float32).setup(p.op, p.bg.grid if p.bg.grid.size > 1 else None)
+    M = LearnedMultigrid(net=p.stencil_net, dtype=torch.float32).setup(p.op, p.b.grid)
     res = cg(p.op, p.b, M=M, rtol=p.args.rtol, max_it=p.args.max_it, callback=callback)
     res.info["setup_time"] = M.setup_time
     return res
@@ -368,7 +367,7 @@ def _load_problem(args: argparse.Namespace, ctx: Any) -> tuple[Any, Any, Any, st
     """``(operator, rhs GridTensor, grid, description)``; on several ranks everything is this rank's block."""
     if args.matrix is not None:
         return _load_matrix_problem(args, ctx)
-    from deepkrylov.distributed import GridTensor, ProcessGrid
+    from deepkrylov.distributed import ProcessGrid, as_grid_tensor
     from deepkrylov.mesh import StructuredGrid, mask_from_voxels
 
     from .problems import random_scene, scene_problem
@@ -384,17 +383,17 @@ def _load_problem(args: argparse.Namespace, ctx: Any) -> tuple[Any, Any, Any, st
         args.n, args.dim = shape[0], len(shape)
     shape = (args.n,) * args.dim
     grid = ProcessGrid(ctx, shape)
-    part = grid if ctx.size > 1 else None  # one rank: the whole operator on plain tensors (no halo machinery)
+    part = grid if ctx.size > 1 else None  # one rank: the whole operator (on its one-rank grid)
     mask = None
     if args.mask is not None:
         mask = mask_from_voxels(args.mask, StructuredGrid(shape), partition=part)
     elif args.scene == "random":
         mask = random_scene(args.n, args.dim, seed=args.scene_seed, partition=part)
     A, b = scene_problem(args.n, args.dim, args.scene, seed=args.seed, mask=mask, partition=part)
-    bg = b if isinstance(b, GridTensor) else GridTensor.from_global(b, grid)
+    bg = as_grid_tensor(b, shape)[0]  # one rank: the whole field on the one-rank grid; several: b as it is
     name = args.mask.name if args.mask is not None else (
         f"random scene {args.scene_seed}" if args.scene == "random" else f"{args.scene} scene")
-    return A, bg, grid, f"{name}, {'x'.join(map(str, shape))}"
+    return A, bg, bg.grid, f"{name}, {'x'.join(map(str, shape))}"
 
 
 def _load_matrix_problem(args: argparse.Namespace, ctx: Any) -> tuple[Any, Any, Any, str]:
@@ -572,7 +571,7 @@ def _load_petsc_mat(path: Path, grid: Any) -> tuple[Any, tuple, np.ndarray]:
 def _cmd_solve(args: argparse.Namespace) -> int:
     import importlib
 
-    from deepkrylov.distributed import GridTensor, init
+    from deepkrylov.distributed import init
 
     for module in ("krylov", "preconditioners", "problems"):  # imported before the memory baseline below
         importlib.import_module(f"{__package__}.{module}")
@@ -588,9 +587,7 @@ def _cmd_solve(args: argparse.Namespace) -> int:
         if ctx.is_root:
             sys.stderr.write(f"deepkrylov solve: {' '.join(str(err).split())}\n")
         return 1
-    bx = bg.local if ctx.size == 1 else bg  # one rank: plain tensors, no halo machinery
-    problem = SolveProblem(op=op, b=bx, bg=bg, shape=tuple(grid.global_shape), args=args, model=model,
-                           stencil_net=net)
+    problem = SolveProblem(op=op, b=bg, shape=tuple(grid.global_shape), args=args, model=model, stencil_net=net)
     rows, histories, solutions = [], {}, {}
     for i, method in enumerate(args.methods, 1):
         progress = _Progress(method, i, len(args.methods), enabled=ctx.is_root and not args.no_progress)
@@ -600,7 +597,7 @@ def _cmd_solve(args: argparse.Namespace) -> int:
         progress.done(res)
         if res is None:
             continue
-        x = res.x if isinstance(res.x, GridTensor) else GridTensor(res.x.reshape(bg.local.shape), grid)
+        x = res.x  # a GridTensor like b
         true_res = _relative_residual(op, x, bg)
         solve = res.info.get("solve_time", res.wall_time)
         rows.append({"method": method, "iterations": res.iterations, "reason": res.reason.name,
@@ -637,16 +634,11 @@ def _cmd_solve(args: argparse.Namespace) -> int:
     return status
 
 
-def _relative_residual(op: Any, x: Any, bg: Any) -> float:
-    """``||b - A x|| / ||b||`` with one work vector (``A x``, then ``-= b`` in place)."""
-    from deepkrylov.distributed import GridTensor
-
-    from . import _vec as V
-
+def _relative_residual(op: Any, x: Any, b: Any) -> float:
+    """``||b - A x|| / ||b||`` for GridTensors with one work vector (``A x``, then ``-= b`` in place)."""
     r = op.apply(x)
-    local = r.local if isinstance(r, GridTensor) else r
-    local.sub_(bg.local.reshape(local.shape))
-    return float(V.norm(GridTensor(local.reshape(bg.local.shape), bg.grid)) / V.norm(bg))
+    r.local.sub_(b.local.reshape(r.local.shape))
+    return float(r.norm() / b.norm())
 
 
 def _rss_mb() -> float:
