@@ -214,3 +214,34 @@ def test_default_iteration_limit_converges_with_the_shipped_model():
     res = dcdm(A, b, load_model())
     assert res.converged, res
     assert float((b - A.apply(res.x)).norm()) <= 1.01e-6 * float(b.norm())
+
+
+def test_plain_and_one_rank_grid_tensor_are_one_computation(ctx, problem):
+    """A plain b and its one-rank GridTensor view run the same code below dcdm's entry: the same bits (the plain-only
+    callable operator sees plain tensors, the network a one-rank GridTensor either way)."""
+    from deepkrylov.distributed import as_grid_tensor
+
+    _, b, _ = problem
+    torch.manual_seed(0)
+    model = DCDMNet(width=4, pre=2, mid=1, post=1).double()
+    plain = dcdm(laplacian_3d, b, model, rtol=1e-8, max_it=30)
+    view = dcdm(laplacian_3d, as_grid_tensor(b, (N, N, N))[0], model, rtol=1e-8, max_it=30)
+    assert isinstance(plain.x, torch.Tensor) and plain.x.shape == b.shape and isinstance(view.x, GridTensor)
+    assert plain.residual_norms == view.residual_norms
+    assert torch.equal(plain.x, view.x.local)
+
+
+def test_network_preconditioner_with_a_plain_tensor_model(ctx):
+    """A model without ``takes_grid_tensors`` gets the block of a one-rank grid as a plain tensor; split over ranks
+    it is a clear error instead of a wrong answer."""
+    from deepkrylov.solvers.dcdm import NetworkPreconditioner
+
+    torch.manual_seed(2)
+    conv = torch.nn.Conv3d(1, 1, 3, padding=1, dtype=torch.float64)
+    M = NetworkPreconditioner(conv)
+    r = torch.randn(1, 1, N, N, N, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        torch.testing.assert_close(M.apply(r), r.norm() * conv(r / r.norm()), rtol=1e-14, atol=1e-14)
+    if ctx.size > 1:
+        with pytest.raises(TypeError, match="takes plain tensors only.*split over"):
+            M.apply(GridTensor.from_global(r, ProcessGrid(ctx, (N, N, N))))

@@ -301,6 +301,35 @@ def test_petsc_pc_inputs_options_and_errors(mpi_ctx):
     mat.destroy()
 
 
+def test_plain_tensors_and_one_rank_layouts(mpi_ctx):
+    """PetscMatOperator and PetscPC lift a plain tensor once: on one rank a field, a flat vector, a batch, or a
+    GridTensor on another one-rank grid with the same cells (the 1D view a solver makes for a matrix) give the bits
+    of the operator's own grid, in the caller's layout; split over ranks a plain tensor is a clear error."""
+    from deepkrylov.distributed import as_grid_tensor
+
+    A, b, bt = _scene(mpi_ctx, 8)
+    mat = P.assemble_aij(A, bt.grid)
+    op, M = P.PetscMatOperator(mat, bt.grid), P.PetscPC(A, "icc", grid=bt.grid)
+    try:
+        for f in (op.apply, M.apply):
+            y = f(bt)
+            if mpi_ctx.size > 1:
+                with pytest.raises(ValueError, match="several ranks"):
+                    f(b)
+                continue
+            ref = y.local.reshape(-1)
+            assert f(b).shape == b.shape and torch.equal(f(b).reshape(-1), ref)
+            assert f(b.reshape(-1)).shape == (b.numel(),) and torch.equal(f(b.reshape(-1)), ref)
+            batch = f(torch.cat([b, 2 * b]))
+            assert batch.shape == (2,) + tuple(b.shape[1:]) and torch.equal(batch[1].reshape(-1), 2 * ref)
+            flat = f(as_grid_tensor(b.reshape(-1))[0])
+            assert flat.grid.global_shape == (b.numel(),) and torch.equal(flat.local.reshape(-1), ref)
+    finally:
+        M.close()
+        op.close()
+        mat.destroy()
+
+
 def test_plugin_grid_sources(mpi_ctx):
     """plugin_grid: the KSP's DMDA, else the vector's, else -<prefix>deepkrylov_grid (x first), else the 1D layout;
     a plugin that needs 3D and finds none says which option to give; a DMDA and the option must agree."""
