@@ -13,14 +13,17 @@ from deepkrylov.distributed import GridTensor, as_grid_tensor
 
 
 def spatial_of(A: Any, b: Any) -> Optional[tuple[int, ...]]:
-    """The grid shape a plain ``b`` is laid out on: the operator's mesh grid when ``b`` ends with it, else None
-    (each sample flattened, as a matrix sees it)."""
+    """The grid shape a plain ``b`` is laid out on: the operator's mesh grid when ``b`` ends with it; else the
+    spatial axes of a ``(batch, channels, *spatial)`` field; else None (each sample flattened, as a matrix sees
+    a vector)."""
+    if not isinstance(b, torch.Tensor):
+        return None
     grid = getattr(A, "grid", None)
     shape = getattr(grid, "shape", None)
-    if isinstance(shape, tuple) and hasattr(grid, "ndim") and isinstance(b, torch.Tensor):
+    if isinstance(shape, tuple) and hasattr(grid, "ndim"):
         if tuple(b.shape[b.dim() - len(shape):]) == shape and len(shape) <= b.dim() <= len(shape) + 2:
             return shape
-    return None
+    return tuple(b.shape[2:]) if 3 <= b.dim() <= 5 else None
 
 
 class _Adapted:
@@ -63,13 +66,19 @@ class System:
 
 def lift_system(A: Any, b: Any, x0: Any = None, M: Any = None) -> System:
     """``(A, b, x0, M)`` on GridTensors. A GridTensor ``b`` passes through with ``A`` and ``M`` as they are; a
-    plain ``b`` (and ``x0``) becomes a one-rank view, and ``A``/``M`` without ``takes_grid_tensors`` are adapted."""
+    plain ``b`` (and ``x0``) becomes a one-rank view, and ``A``/``M`` (operators or plain callables) without
+    ``takes_grid_tensors`` are adapted."""
     spatial = spatial_of(A, b)
     bg, restore = as_grid_tensor(b, spatial)
     x0g = None if x0 is None else as_grid_tensor(x0, spatial)[0]
     if bg is not b:
         if not getattr(A, "takes_grid_tensors", False):
-            A = _Adapted(A, A.apply, restore, spatial)
+            A = _Adapted(A, apply_of(A), restore, spatial)
         if M is not None and not getattr(M, "takes_grid_tensors", False):
-            M = _Adapted(M, M.apply if hasattr(M, "apply") else M, restore, spatial)
+            M = _Adapted(M, apply_of(M), restore, spatial)
     return System(A, bg, x0g, M, restore)
+
+
+def apply_of(obj: Any) -> Callable[[Any], Any]:
+    """An operator's or preconditioner's ``apply``, or the object itself when it is a plain callable."""
+    return obj.apply if hasattr(obj, "apply") else obj

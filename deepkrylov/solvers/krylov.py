@@ -78,10 +78,8 @@ def check_system(A: Any, b: Any, x0: Any = None) -> None:
             raise ValueError(
                 f"b lives on a grid of shape {tuple(got)} but the operator on {a_grid!r}; create b on the operator's grid"
             )
-    if x0 is not None:
-        x0g = as_grid_tensor(x0, spatial)[0]
-        if tuple(x0.shape) != tuple(b.shape) or x0g.grid != bg.grid:
-            raise ValueError(f"x0 ({V.describe(x0)}) must match b ({V.describe(b)})")
+    if x0 is not None and (tuple(x0.shape) != tuple(b.shape) or as_grid_tensor(x0, spatial)[0].grid != bg.grid):
+        raise ValueError(f"x0 ({V.describe(x0)}) must match b ({V.describe(b)})")
 
 
 def _start(A: Any, b: Any, x0: Any) -> tuple[Any, Any, bool]:

@@ -20,10 +20,10 @@ from typing import Any, Callable, Optional, Union
 
 import torch
 
-from deepkrylov.distributed import GridTensor, as_grid_tensor
+from deepkrylov.distributed import GridTensor
 
 from .. import _vec as V
-from .._lift import _Adapted, spatial_of
+from .._lift import lift_system
 from ..krylov import check_system
 from ..preconditioners import Preconditioner, as_preconditioner
 from ..result import ConvergedReason, SolveResult
@@ -98,19 +98,14 @@ def dcdm(
     if not pc.is_setup:
         pc.setup(A)
     t0 = time.perf_counter()
-    # one field type below here: a plain b (and x0) becomes a GridTensor on a one-rank grid (the operator's mesh
-    # shape, else b's (1, 1, *spatial)); an operator or preconditioner on plain tensors only still sees them
-    spatial = spatial_of(A, b) or (tuple(b.shape[2:]) if len(b.shape) > 2 else None)
-    bg, restore = as_grid_tensor(b, spatial)
-    x0g = None if x0 is None else as_grid_tensor(x0, spatial)[0]
-    Mg = pc
-    if bg is not b:
-        if not getattr(A, "takes_grid_tensors", False):
-            apply = _Adapted(A, apply, restore, spatial).apply
-        if not pc.takes_grid_tensors:
-            Mg = _Adapted(pc, pc.apply, restore, spatial)
+    # one field type below here: a plain b (and x0) becomes a GridTensor on a one-rank grid; an operator or
+    # preconditioner on plain tensors only still sees them
+    s = lift_system(A, b, x0, pc)
+    bg, x0g, Mg = s.b, s.x0, s.M
+    if s.A is not A:
+        apply = s.A.apply
     res = _dcdm(apply, bg, x0g, Mg, stopping, memory, callback)
-    res.x = restore(res.x)
+    res.x = s.restore(res.x)
     res.wall_time = time.perf_counter() - t0
     res.info = {"method": "dcdm", "memory": memory, "reference_norm": stopping.ref_norm, "preconditioner": repr(pc)}
     return res

@@ -19,19 +19,15 @@ from typing import Callable, Optional, Union
 
 import torch
 
-from deepkrylov.distributed import GridTensor, as_grid_tensor
+from deepkrylov.distributed import GridTensor
 
-from .._lift import _Adapted
+from .._lift import apply_of, lift_system
 
 __all__ = ["dcdm_loss", "ritz_vectors", "ritz_rhs", "train_dcdm", "train_scene_model"]
 
 log = logging.getLogger("deepkrylov.solvers.dcdm")
 Field = Union[torch.Tensor, GridTensor]
 Apply = Callable[[Field], Field]
-
-
-def _apply(operator) -> Apply:  # type: ignore[no-untyped-def]
-    return operator.apply if hasattr(operator, "apply") else operator
 
 
 def _bdot(a: GridTensor, b: GridTensor) -> torch.Tensor:
@@ -44,13 +40,9 @@ def dcdm_loss(operator, b: Field, q: Field) -> torch.Tensor:  # type: ignore[no-
 
     ``b`` and ``q``: tensors ``(batch, 1, *spatial)`` or GridTensors; ``operator``: an operator or a callable on
     fields like ``b`` (one on plain tensors only sees plain tensors)."""
-    spatial = tuple(b.shape[2:]) if len(b.shape) > 2 else None
-    bg, restore = as_grid_tensor(b, spatial)
-    qg = as_grid_tensor(q, spatial)[0]
-    apply = _apply(operator)
-    if bg is not b and not getattr(operator, "takes_grid_tensors", False):
-        apply = _Adapted(operator, apply, restore, spatial).apply
-    Aq = apply(qg)
+    s = lift_system(operator, b, q)
+    bg, qg = s.b, s.x0
+    Aq = apply_of(s.A)(qg)
     alpha = _bdot(qg, bg) / _bdot(qg, Aq)
     r = bg - Aq * alpha.view((-1,) + (1,) * (qg.local.dim() - 1))
     return _bdot(r, r).mean()
@@ -65,7 +57,7 @@ def ritz_vectors(
     ``mask`` (1 on unknowns, 0 elsewhere) restricts the start vector, so the Krylov space stays on the unknowns.
     Ritz values below ``drop_below`` (e.g. a Neumann null space) are dropped.
     """
-    apply = _apply(operator)
+    apply = apply_of(operator)
     n = math.prod(shape)
     if steps < 2 or steps > n:
         raise ValueError(f"steps must be in [2, {n}] for a grid of {n} cells, but got {steps}")
