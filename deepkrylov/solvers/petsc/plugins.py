@@ -26,7 +26,7 @@ from typing import Any, Callable, Optional
 
 import torch
 
-from deepkrylov.distributed import GridTensor, ProcessGrid
+from deepkrylov.distributed import GridTensor, ProcessGrid, serial_grid
 
 from ..result import SolveResult
 from ._core import _reports_errors, _track_petsc_object, import_petsc
@@ -445,6 +445,7 @@ class MG(PCPlugin):
                 "-pc_type gamg")
         M.setup(op, egrid)
         self.found, self.inner, self.egrid = found, M, egrid
+        self._cycle_grid = egrid if egrid is not None else serial_grid(op.grid.shape)  # the padded blocks' grid
         # local pieces: where this rank's block sits in the padded block, its boundary rows and 1 / diagonal there
         sl = grid.local_slices
         self._fluid = (~found.boundary[sl]).to(torch.float64).reshape(-1)
@@ -494,10 +495,7 @@ class MG(PCPlugin):
             big.copy_(((r - t) * self._fluid).reshape(big.shape))
         else:
             big.copy_((r * self._fluid).reshape(big.shape))
-        if self.egrid is not None:
-            self.inner.apply_into(GridTensor(self._big, self.egrid), GridTensor(self._zbig, self.egrid))
-        else:
-            self.inner.apply_into(self._big, self._zbig)
+        self.inner.apply_into(GridTensor(self._big, self._cycle_grid), GridTensor(self._zbig, self._cycle_grid))
         z.copy_(self._zbig[self._inner_sl].reshape(-1)).mul_(self._fluid).add_(w)
 
 
