@@ -105,15 +105,16 @@ def _ptr(t: Optional[torch.Tensor]) -> Optional[int]:
 
 
 def stencil7(x: torch.Tensor, out: torch.Tensor, faces: list, uniform: Optional[tuple], coefficients: Optional[list],
-             zero: torch.Tensor) -> None:
+             zero: torch.Tensor, dims: Optional[tuple] = None) -> None:
     """``out = A x`` on a contiguous (B, n0, n1, n2) CPU block (see ``_stencil7.c``): ``faces`` six tensors or
     None; ``uniform`` (c, t0, t1, t2) or None with ``coefficients`` [d, w0l, w0h, w1l, w1h, w2l, w2h] of shape
-    (n0, n1, n2); ``zero`` a zero tensor of at least n2 entries. All of x's dtype, contiguous. An ``out`` larger
-    than the last-level cache is written with non-temporal stores."""
+    (n0, n1, n2); ``zero`` a zero tensor of at least n2 entries. All of x's dtype, contiguous. ``dims``: (B, n0,
+    n1, n2) when ``x`` and ``out`` are contiguous tensors of another shape with those elements (no views made). An
+    ``out`` larger than the last-level cache is written with non-temporal stores."""
     so = stencil_library()
     assert so is not None
     fn = so.stencil7_f64 if x.dtype == torch.float64 else so.stencil7_f32
-    B, n0, n1, n2 = x.shape
+    B, n0, n1, n2 = x.shape if dims is None else dims
     c, t0, t1, t2 = uniform if uniform is not None else (0.0, 0.0, 0.0, 0.0)
     coef = coefficients if coefficients is not None else [None] * 7
     fn(x.data_ptr(), out.data_ptr(), B, n0, n1, n2, *(_ptr(f) for f in faces), c, t0, t1, t2,
@@ -122,13 +123,13 @@ def stencil7(x: torch.Tensor, out: torch.Tensor, faces: list, uniform: Optional[
 
 
 def stencil7_compact(x: torch.Tensor, out: torch.Tensor, faces: list, t: tuple, code: torch.Tensor,
-                     zero: torch.Tensor) -> None:
+                     zero: torch.Tensor, dims: Optional[tuple] = None) -> None:
     """``out = A x`` for a constant-coefficient operator in compact form (see ``_stencil7.c``): ``t`` the face
     weights (t0, t1, t2), ``code`` the (n0, n1, n2) int16 cell codes (read as uint16); the rest as :func:`stencil7`."""
     so = stencil_library()
     assert so is not None
     fn = so.stencil7c_f64 if x.dtype == torch.float64 else so.stencil7c_f32
-    B, n0, n1, n2 = x.shape
+    B, n0, n1, n2 = x.shape if dims is None else dims
     assert code.dtype == torch.int16 and code.is_contiguous() and tuple(code.shape) == (n0, n1, n2)
     fn(x.data_ptr(), out.data_ptr(), B, n0, n1, n2, *(_ptr(f) for f in faces), *(float(v) for v in t),
        code.data_ptr(), zero.data_ptr(), torch.get_num_threads(), int(out.numel() * out.element_size() > _llc_bytes()))

@@ -83,6 +83,12 @@ def _local_field(value: Any, grid: StructuredGrid, partition: Optional[ProcessGr
     return arr[_block_slices(grid, partition)].clone()  # a copy: a view would keep the whole array alive
 
 
+def _field_result(block: torch.Tensor, partition: Optional[ProcessGrid]) -> Union[torch.Tensor, GridTensor]:
+    """A block field as the functions here return it: a GridTensor ``(1, 1, *block)`` on ``partition``, or without
+    one the tensor itself (the whole grid)."""
+    return block if partition is None else GridTensor(block.reshape((1, 1) + partition.local_shape), partition)
+
+
 def read_field(
     source: Union[str, Path, np.ndarray, torch.Tensor], grid: StructuredGrid, *,
     partition: Optional[ProcessGrid] = None, dataset: Optional[str] = None,
@@ -94,6 +100,12 @@ def read_field(
 
     Returns: with ``partition``, a GridTensor ``(1, 1, *block)`` on it; without, a tensor of the grid's shape.
     """
+    return _field_result(_read_block(source, grid, partition, dataset), partition)
+
+
+def _read_block(source: Union[str, Path, np.ndarray, torch.Tensor], grid: StructuredGrid,
+                partition: Optional[ProcessGrid], dataset: Optional[str]) -> torch.Tensor:
+    """This rank's block of :func:`read_field`'s field, a tensor of the block's shape."""
     slices = _block_slices(grid, partition)
     if isinstance(source, (str, Path)):
         path = Path(source)
@@ -109,12 +121,8 @@ def read_field(
             _check_file_shape(whole.shape, grid, path)
             arr = np.array(whole[slices])
             del whole
-        local = torch.from_numpy(np.ascontiguousarray(arr))
-    else:
-        local = _local_field(source, grid, partition, "the field").contiguous()
-    if partition is None:
-        return local
-    return GridTensor(local.reshape((1, 1) + partition.local_shape), partition)
+        return torch.from_numpy(np.ascontiguousarray(arr))
+    return _local_field(source, grid, partition, "the field").contiguous()
 
 
 def _check_file_shape(shape: tuple, grid: StructuredGrid, path: Path) -> None:

@@ -19,7 +19,7 @@ import torch
 
 from deepkrylov.distributed import GridTensor, ProcessGrid
 
-from .fields import read_field
+from .fields import _field_result, _read_block
 from .grid import StructuredGrid
 
 __all__ = ["FLUID", "SOLID", "EMPTY", "Sphere", "Box", "mask_from_shapes", "mask_from_voxels", "smoke_scene"]
@@ -83,7 +83,7 @@ def mask_from_shapes(
     mask = torch.full(tuple(len(c) for c in centres), _kind(default), dtype=torch.uint8)
     for s in shapes:
         mask.masked_fill_(s.inside(coords), _kind(s.kind))
-    return mask if partition is None else GridTensor(mask[None, None], partition)
+    return _field_result(mask, partition)
 
 
 def mask_from_voxels(
@@ -95,8 +95,7 @@ def mask_from_voxels(
     :func:`~deepkrylov.mesh.read_field`) and returned as a GridTensor."""
     if not isinstance(voxels, (str, Path, GridTensor)) and tuple(np.shape(voxels)) != grid.shape:
         raise ValueError(f"voxel array has shape {tuple(np.shape(voxels))}, but the grid has shape {grid.shape}")
-    field = read_field(voxels, grid, partition=partition, dataset=dataset)
-    arr = field.local if isinstance(field, GridTensor) else field
+    arr = _read_block(voxels, grid, partition, dataset)
     bad = ~((arr == FLUID) | (arr == SOLID) | (arr == EMPTY))
     bad_kind = (f"voxel values must be 0 (fluid), 1 (solid) or 2 (empty); found {sorted(set(arr[bad].tolist()))[:5]}"
                 if bool(bad.any()) else "")
@@ -105,8 +104,7 @@ def mask_from_voxels(
         bad_kind = found[0] if found else ""
     if bad_kind:
         raise ValueError(bad_kind)
-    arr = arr.to(torch.uint8)
-    return arr if partition is None else GridTensor(arr, partition)
+    return _field_result(arr.to(torch.uint8), partition)
 
 
 def smoke_scene(n: int, dim: int = 3, *, partition: Optional[ProcessGrid] = None) -> Union[torch.Tensor, GridTensor]:

@@ -15,7 +15,8 @@ hand sides should be zero there. With no Dirichlet face and no empty cell the op
 constant (on fluid cells) as null space; :meth:`DiffusionOperator.project` removes it from a right-hand side.
 With ``scaled=False`` spacings are taken as 1, which gives the integer pressure matrix of fluid simulation.
 
-The matrix-free :meth:`~DiffusionOperator.apply` (tensor or GridTensor, with one halo exchange) and
+The matrix-free :meth:`~DiffusionOperator.apply` (GridTensor, with one halo exchange; a tensor is applied as its
+view on the one-rank grid, :func:`~deepkrylov.distributed.as_grid_tensor`, so both take one code path) and
 :meth:`~DiffusionOperator.to_scipy` (CSR in C order, x fastest: PETSc DMDA's natural ordering) use the same
 coefficient arrays, so they give the same numbers.
 
@@ -45,9 +46,8 @@ from typing import Any, Optional, Union
 import numpy as np
 import scipy.sparse as sp
 import torch
-import torch.nn.functional as F
 
-from deepkrylov.distributed import GridTensor, ProcessGrid, halo
+from deepkrylov.distributed import GridTensor, ProcessGrid, as_grid_tensor, halo, serial_grid
 
 from . import _kernels
 from .boundary import BoundaryConditions
@@ -183,10 +183,11 @@ class DiffusionOperator(LinearOperator):
     def _halo(self, field: torch.Tensor) -> torch.Tensor:
         """A block field padded by one cell of the neighbours' values, wrapped when any axis is periodic (the
         non-periodic domain faces are masked out by the caller)."""
-        if self.partition is not None:
-            return halo(field[None, None], self.partition, 1, "circular" if self.bc.any_periodic else "zeros")[0, 0]
-        mode = "circular" if self.bc.any_periodic else "constant"
-        return F.pad(field[None, None], (1, 1) * self.grid.ndim, mode=mode)[0, 0]
+        return halo(field[None, None], self._home(), 1, self._mode())[0, 0]
+
+    def _home(self) -> ProcessGrid:
+        """The process grid of the operator's own fields: the partition, or the one-rank grid without one."""
+        return self.partition if self.partition is not None else serial_grid(self.grid.shape)
 
     def _edges(self, a: int) -> tuple[bool, bool]:
         """Whether this block's first / last plane along axis ``a`` lies on a non-periodic domain face."""
@@ -350,112 +351,93 @@ class DiffusionOperator(LinearOperator):
         return torch.tensor(self.constant_coefficient, dtype=torch.float64).expand(self.block_shape)
 
     # ---- matrix-free application ----------------------------------------------------------------------------
+    # Public entries take a tensor or a GridTensor and lift a tensor once (as_grid_tensor: its view on the one-rank
+    # grid); everything below works on GridTensors, whatever the rank count.
     def _mode(self) -> str:
         return "circular" if self.bc.any_periodic else "zeros"
 
-    def _check(self, x: Field) -> None:
-        if isinstance(x, GridTensor):
-            if x.grid.global_shape != self.grid.shape:
-                raise ValueError(
-                    f"the field lives on a grid of shape {x.grid.global_shape}, but the operator on {self.grid.shape}"
-                )
-            if self.partition is not None and not _same_blocks(x.grid, self.partition):
-                raise ValueError(f"the field's blocks ({x.grid!r}) are not the operator's partition "
-                                 f"({self.partition!r})")
-        elif tuple(x.shape[-self.grid.ndim:]) != self.grid.shape or x.dim() < self.grid.ndim:
-            raise ValueError(f"field of shape {tuple(x.shape)} does not end with the grid's shape {self.grid.shape}")
-        elif self.partition is not None and self.partition.size > 1:
-            raise ValueError(f"this operator holds one block of {self.partition.size} ranks; apply it to a GridTensor "
-                             "on its partition, not to a whole tensor")
+    def _check_grid(self, grid: ProcessGrid) -> None:
+        """Raise unless fields on ``grid`` can be served: the operator's grid, on its partition's blocks if it has
+        one (an operator built whole serves any partition of its grid by slicing its arrays)."""
+        if grid.global_shape != self.grid.shape:
+            raise ValueError(f"the field lives on a grid of shape {grid.global_shape}, but the operator on "
+                             f"{self.grid.shape}")
+        if self.partition is not None and not _same_blocks(grid, self.partition):
+            if grid.size == 1:  # a plain (whole) tensor lifted to the one-rank grid
+                raise ValueError(f"this operator holds one block of {self.partition.size} ranks; apply it to a "
+                                 "GridTensor on its partition, not to a whole tensor")
+            raise ValueError(f"the field's blocks ({grid!r}) are not the operator's partition ({self.partition!r})")
 
-    def _block_of(self, x: Field) -> Optional[tuple]:
-        """The slices of this operator's whole arrays that ``x``'s block needs (None: the arrays as they are)."""
-        return self._foreign_block(x.grid) if isinstance(x, GridTensor) else None
+    def _site(self, x: GridTensor) -> "_Site":
+        """The checked, cached set-up for fields on ``x``'s grid in ``x``'s dtype and device."""
+        local = x.local
+        key = (x.grid, local.dtype, local.device)
+        site = self._local.get(key)
+        if site is None:
+            site = self._local[key] = _Site(self, *key)
+        return site
 
-    def _coefficients_for(self, x: Field) -> tuple[torch.Tensor, list]:
-        """Diagonal and face weights for ``x``'s block in ``x``'s dtype and device (rounded through the operator's
-        dtype first, as the coefficients are held in it); cached."""
-        self._check(x)
-        sl = self._block_of(x)
-        key = ("coef", sl and tuple((s.start, s.stop) for s in sl), x.dtype, x.device)
-        if key not in self._local:
+    def _coefficients(self, site: "_Site") -> tuple[torch.Tensor, list]:
+        """Diagonal and face weights of ``site``'s block in its dtype and device (rounded through the operator's
+        dtype first, as the coefficients are held in it); made once."""
+        if site.coefficients is None:
             diag, weights = self._stencil64()
+            sl = site.slices
 
             def cast(t: torch.Tensor) -> torch.Tensor:
                 t = t if sl is None else t[sl]
-                return t.to(self.dtype).to(device=x.device, dtype=x.dtype).contiguous()
+                return t.to(self.dtype).to(device=site.device, dtype=site.dtype).contiguous()
 
-            self._local[key] = (cast(diag), [(cast(lo), cast(hi)) for lo, hi in weights])
-        return self._local[key]
-
-    def _pad(self, x: torch.Tensor) -> torch.Tensor:
-        nd = self.grid.ndim
-        lead = x.shape[:-nd]
-        y = x.reshape((-1, 1) + self.grid.shape)
-        mode = "circular" if self.bc.any_periodic else "constant"
-        return F.pad(y, (1, 1) * nd, mode=mode).reshape(lead + tuple(s + 2 for s in self.grid.shape))
+            site.coefficients = (cast(diag), [(cast(lo), cast(hi)) for lo, hi in weights])
+        return site.coefficients
 
     def apply(self, x: Field) -> Field:
-        """``A x`` matrix-free. On CPU without autograd: one face exchange (GridTensor) and one compiled pass
-        that reads ``x`` once and writes the result once; otherwise one halo exchange (or padding) and shifted
+        """``A x`` matrix-free, for a tensor ``(*grid.shape)``, ``(B, *grid.shape)`` or ``(B, C, *grid.shape)`` or
+        a GridTensor (the result is of ``x``'s kind and shape). On CPU without autograd: one face exchange and one
+        compiled pass that reads ``x`` once and writes the result once; otherwise one halo exchange and shifted
         slices (differentiable, any device)."""
-        self._check(x)
-        local = x.local if isinstance(x, GridTensor) else x
+        g, restore = as_grid_tensor(x, self.grid.shape)
+        return restore(self._apply(g))
+
+    def _apply(self, x: GridTensor) -> GridTensor:
+        site = self._site(x)
+        local = x.local
         if self._compiled_ok(local):
-            return self._apply_compiled(x, local, None)
-        diag, weights = self._coefficients_for(x)  # the compact form too: its arrays hold the same numbers
+            return x.with_local(self._apply_compiled(site, local, None))
         nd = self.grid.ndim
-        if isinstance(x, GridTensor):
-            p, local = x.halo(1, self._mode()), x.local
-        else:
-            p, local = self._pad(x), x
-        lead = p.dim() - nd
+        p = x.halo(1, self._mode())
 
         def shifted(a: int, start: int) -> torch.Tensor:
-            idx = [slice(None)] * lead + [slice(1, -1)] * nd
-            idx[lead + a] = slice(start, start + local.shape[local.dim() - nd + a])
+            idx = [slice(None), slice(None)] + [slice(1, -1)] * nd
+            idx[2 + a] = slice(start, start + local.shape[2 + a])
             return p[tuple(idx)]
 
         if self._uniform is not None:
-            t, c, corr = self._uniform
+            t, c, _ = self._uniform
             y = torch.mul(local, c)
             for a in range(nd):
                 y.sub_(shifted(a, 0), alpha=t[a]).sub_(shifted(a, 2), alpha=t[a])
-            self._boundary_correction(x, y, local, corr)
+            self._boundary_correction(site, y, local)
         else:
+            diag, weights = self._coefficients(site)  # the compact form too: its arrays hold the same numbers
             y = diag * local
             for a, (lo, hi) in enumerate(weights):
                 y.addcmul_(lo, shifted(a, 0), value=-1).addcmul_(hi, shifted(a, 2), value=-1)
-        return x.with_local(y) if isinstance(x, GridTensor) else y
-
-    def _faces(self, x: Field, x4: torch.Tensor) -> list:
-        """The six neighbour planes of the (B, n0, n1, n2) block ``x4``: received from neighbouring ranks through
-        the grid's exchange plan, the opposite face on a periodic axis held by this rank alone, or None (zero)."""
-        nd, off = self.grid.ndim, 3 - self.grid.ndim
-        faces: list = [None] * (2 * off)
-        periodic = [self.bc.faces[a][0] == "periodic" for a in range(nd)]
-        if isinstance(x, GridTensor):  # contiguous (B, C, .., 1, ..) slabs: the memory of x4's planes
-            modes = tuple("circular" if p else "zeros" for p in periodic)
-            for below, above in x.grid.exchange_plan(1, modes, x.local.dtype, x.local.device).faces(x.local):
-                faces += [below, above]
-            return faces
-        for a in range(nd):
-            k = a + off
-            last, first = x4.select(k + 1, x4.shape[k + 1] - 1), x4.select(k + 1, 0)
-            faces += [last.contiguous(), first.contiguous()] if periodic[a] else [None, None]
-        return faces
+        return x.with_local(y)
 
     def apply_into(self, x: Field, out: Field) -> Field:
-        """``out = A x`` without allocating (like PETSc's ``MatMult(A, x, y)``); ``out`` must not alias ``x``.
-        Krylov loops use it to reuse one buffer: a fresh result costs page faults comparable to the apply."""
-        self._check(x)
-        local = x.local if isinstance(x, GridTensor) else x
-        dest = out.local if isinstance(out, GridTensor) else out
+        """``out = A x`` without allocating (like PETSc's ``MatMult(A, x, y)``); ``out`` (of ``x``'s shape, a tensor
+        or a GridTensor) must not alias ``x``. Krylov loops use it to reuse one buffer: a fresh result costs page
+        faults comparable to the apply."""
+        g, _ = as_grid_tensor(x, self.grid.shape)
+        dest = as_grid_tensor(out, self.grid.shape)[0].local  # a view: the shapes differ by unit axes only
+        site = self._site(g)
+        local = g.local
         if (self._compiled_ok(local) and dest.shape == local.shape and dest.dtype == local.dtype
                 and dest.device == local.device and dest.is_contiguous() and dest.data_ptr() != local.data_ptr()):
-            self._apply_compiled(x, local, dest)
-            return out
-        dest.copy_(self.apply(x).local if isinstance(x, GridTensor) else self.apply(x))
+            self._apply_compiled(site, local, dest)
+        else:
+            dest.copy_(self._apply(g).local)
         return out
 
     @staticmethod
@@ -463,66 +445,77 @@ class DiffusionOperator(LinearOperator):
         return (local.device.type == "cpu" and local.dtype in (torch.float32, torch.float64)
                 and not (torch.is_grad_enabled() and local.requires_grad) and _kernels.stencil_library() is not None)
 
-    def _apply_compiled(self, x: Field, local: torch.Tensor, y: Optional[torch.Tensor]) -> Field:
-        nd = self.grid.ndim
-        spatial = tuple(local.shape[local.dim() - nd:])
-        k3 = (1,) * (3 - nd) + spatial
-        x4 = local.contiguous().reshape((-1,) + k3)
-        if y is None:
-            y = torch.empty_like(local, memory_format=torch.contiguous_format)
-        zkey = ("zero", local.dtype, k3[2])
-        if zkey not in self._local:
-            self._local[zkey] = torch.zeros(k3[2], dtype=local.dtype)
-        faces = self._faces(x, x4)
-        if self._uniform is not None:
-            t, c, corr = self._uniform
-            ts = [0.0] * (3 - nd) + list(t)
-            _kernels.stencil7(x4, y.view(x4.shape), faces, (c, *ts), None, self._local[zkey])
-            self._boundary_correction(x, y, local, corr)
-        elif self.form == "compact":
-            sl = self._block_of(x)
-            ckey = ("code", sl and tuple((s.start, s.stop) for s in sl))
-            if ckey not in self._local:
-                code = self._code if sl is None else self._code[sl]
-                self._local[ckey] = code.reshape(k3).contiguous()  # a view of the block's codes when contiguous
-            ts = [0.0] * (3 - nd) + list(self._t)
-            _kernels.stencil7_compact(x4, y.view(x4.shape), faces, ts, self._local[ckey], self._local[zkey])
-        else:
-            diag, weights = self._coefficients_for(x)
-            ckey = ("kernel", id(diag))
-            if ckey not in self._local:
-                coefs = [diag.reshape(k3)]
-                zeros = torch.zeros(k3, dtype=local.dtype)
-                coefs += [zeros, zeros] * (3 - nd)
-                for lo, hi in weights:
-                    coefs += [lo.reshape(k3), hi.reshape(k3)]
-                self._local[ckey] = (diag, coefs)  # diag kept alive so that its id stays unique
-            _kernels.stencil7(x4, y.view(x4.shape), faces, None, self._local[ckey][1], self._local[zkey])
-        return x.with_local(y) if isinstance(x, GridTensor) else y
+    def _kernel_args(self, site: "_Site") -> tuple:
+        """The compiled pass's arguments for ``site``'s block: the kernel's 3D block shape, the face exchange plan
+        (None: no face to receive), the zero row and the form's weights (uniform: the scalars; compact: the weights
+        and the block's codes; general: the seven arrays); made once per form."""
+        args = site.kernel.get(self.form)
+        if args is None:
+            nd = self.grid.ndim
+            shape3 = (1,) * (3 - nd) + site.grid.local_shape
+            grid, wrap = site.grid, [self.bc.periodic(a) for a in range(nd)]
+            modes = tuple("circular" if w else "zeros" for w in wrap)
+            plan = grid.exchange_plan(1, modes, site.dtype, site.device)
+            if all(grid.neighbour(a, step, wrap[a]) is None for a in range(nd) for step in (-1, 1)):
+                plan = None  # a lone block on non-periodic axes: every face is zero, nothing to exchange
+            zero = torch.zeros(shape3[2], dtype=site.dtype)
+            if self._uniform is not None:
+                t, c, _ = self._uniform
+                form: Any = (c, *([0.0] * (3 - nd)), *t)
+            elif self.form == "compact":
+                code = self._code if site.slices is None else self._code[site.slices]
+                form = (tuple([0.0] * (3 - nd) + list(self._t)), code.reshape(shape3).contiguous())  # a view if it can
+            else:
+                diag, weights = self._coefficients(site)
+                zeros = torch.zeros(shape3, dtype=site.dtype)
+                form = [diag.reshape(shape3), *([zeros] * (2 * (3 - nd))),
+                        *(w.reshape(shape3) for pair in weights for w in pair)]
+            args = site.kernel[self.form] = (shape3, plan, zero, form)
+        return args
 
-    def _boundary_correction(self, x: Field, y: torch.Tensor, local: torch.Tensor, corr: list) -> None:
-        """Add the boundary layers' diagonal corrections (only on blocks that touch the domain boundary)."""
-        nd = self.grid.ndim
-        lead = local.dim() - nd
-        for a, side, value in corr:
-            if isinstance(x, GridTensor):
-                c, dims = x.grid.coords[a], x.grid.dims[a]
-                if (side == 0 and c != 0) or (side == 1 and c != dims - 1):
-                    continue
-            idx = [slice(None)] * local.dim()
-            n = local.shape[lead + a]
-            idx[lead + a] = slice(0, 1) if side == 0 else slice(n - 1, n)
-            idx = tuple(idx)
-            y[idx].add_(local[idx], alpha=value)
+    def _apply_compiled(self, site: "_Site", local: torch.Tensor, y: Optional[torch.Tensor]) -> torch.Tensor:
+        """``A x`` of the (B, C, *block) field ``local`` by the compiled pass, into ``y`` (or a new tensor)."""
+        shape3, plan, zero, form = self._kernel_args(site)
+        local = local.contiguous()
+        if y is None:
+            y = torch.empty_like(local)
+        dims = (local.shape[0] * local.shape[1],) + shape3  # the kernel's (B, n0, n1, n2) view of both, unmade
+        faces: list = [None] * (2 * (3 - self.grid.ndim))
+        if plan is None:
+            faces += [None] * (2 * self.grid.ndim)
+        else:
+            for below, above in plan.faces(local):  # contiguous slabs: the memory of the kernel's planes
+                faces += [below, above]
+        if self._uniform is not None:
+            _kernels.stencil7(local, y, faces, form, None, zero, dims)
+            self._boundary_correction(site, y, local)
+        elif self.form == "compact":
+            _kernels.stencil7_compact(local, y, faces, form[0], form[1], zero, dims)
+        else:
+            _kernels.stencil7(local, y, faces, None, form, zero, dims)
+        return y
+
+    def _boundary_correction(self, site: "_Site", y: torch.Tensor, local: torch.Tensor) -> None:
+        """Add the uniform form's diagonal corrections on the block's planes that lie on a domain face."""
+        for index, value in site.corrections:
+            y[index].add_(local[index], alpha=value)
 
     def diagonal(self) -> Field:
         """The diagonal in the operator's dtype: a tensor of the grid's shape, or with a partition a GridTensor
         ``(1, 1, *block)`` on it."""
         if self._diag is None:
             self._diag = self._stencil64()[0].to(dtype=self.dtype, device=self.device)
-        if self.partition is not None:
-            return GridTensor(self._diag.reshape((1, 1) + self.block_shape), self.partition)
-        return self._diag
+        return self._public(self._block_field(self._diag))
+
+    def _block_field(self, block: torch.Tensor) -> GridTensor:
+        """A field of the block's shape as a GridTensor ``(1, 1, *block)`` on the partition (the one-rank grid
+        without one)."""
+        return GridTensor(block.reshape((1, 1) + self.block_shape), self._home())
+
+    def _public(self, g: GridTensor) -> Field:
+        """What the operator's own fields are to callers: GridTensors with a partition, else tensors of the grid's
+        shape."""
+        return g if self.partition is not None else g.local.reshape(self.grid.shape)
 
     # ---- assembled forms ------------------------------------------------------------------------------------
     def _global_index(self, axis: int = 0, step: int = 0) -> np.ndarray:
@@ -574,28 +567,53 @@ class DiffusionOperator(LinearOperator):
         (with a partition: a GridTensor on it)."""
         if not self.singular:
             return None
-        v = self.fluid.to(self.dtype)
-        if self.partition is not None:
-            g = GridTensor(v.reshape((1, 1) + self.block_shape), self.partition)
-            return g / g.norm()
-        return v / v.norm()
+        v = self._block_field(self.fluid.to(self.dtype))
+        return self._public(v / v.norm())
 
     def project(self, b: Field) -> Field:
-        """Remove the null-space component from ``b`` (the mean over fluid cells); unchanged if nonsingular."""
+        """Remove the null-space component from ``b`` (per sample, the mean over fluid cells); unchanged if
+        nonsingular."""
         if not self.singular:
             return b
-        self._check(b)
-        if isinstance(b, GridTensor):
-            sl = self._block_of(b)
-            fluid = self.fluid if sl is None else self.fluid[sl]
-            f = b.with_local(fluid.to(b.dtype).expand_as(b.local))
-            mean = (b * f).sum(keep_batch=True) / f.sum(keep_batch=True)
-            return b - f * mean.view((-1,) + (1,) * (b.local.dim() - 1))
-        f = self.fluid.to(b.dtype).to(b.device)
-        nd = self.grid.ndim
-        flat = b.reshape((-1,) + self.grid.shape)
-        mean = (flat * f).flatten(1).sum(1) / f.sum()
-        return (flat - f * mean.view((-1,) + (1,) * nd)).reshape(b.shape)
+        g, restore = as_grid_tensor(b, self.grid.shape)
+        sl = self._site(g).slices
+        fluid = self.fluid if sl is None else self.fluid[sl]
+        f = g.with_local(fluid.to(device=g.device, dtype=g.dtype).expand_as(g.local))
+        mean = (g * f).sum(keep_batch=True) / f.sum(keep_batch=True)
+        return restore(g - f * mean.view((-1,) + (1,) * (g.local.dim() - 1)))
+
+
+class _Site:
+    """What a :class:`DiffusionOperator` needs to apply itself to fields on one process grid, in one dtype and on
+    one device: checked and set up once, cached by the operator (``_local``); the kernel's arrays are made on the
+    first compiled pass, the eager pass's on its first call."""
+
+    __slots__ = ("grid", "dtype", "device", "slices", "corrections", "coefficients", "kernel")
+
+    def __init__(self, op: DiffusionOperator, grid: ProcessGrid, dtype: torch.dtype, device: torch.device) -> None:
+        op._check_grid(grid)
+        self.grid, self.dtype, self.device = grid, dtype, device
+        self.slices = op._foreign_block(grid)  # None: the operator's own arrays are this block's
+        # the uniform form's diagonal corrections on the planes of this block that lie on a domain face, as
+        # (index of the (B, C, *block) field, value) in the operator's order; the two faces of an axis with one value
+        # in one strided index (disjoint planes: every cell gets the same additions in the same order, in half the
+        # calls)
+        planes: list = []
+        for a, side, value in (op._uniform[2] if op._uniform is not None else ()):
+            c, d, n = grid.coords[a], grid.dims[a], grid.local_shape[a]
+            if (side == 0 and c == 0) or (side == 1 and c == d - 1):
+                planes.append((a, 0 if side == 0 else n - 1, value))
+        self.corrections: list = []
+        while planes:
+            a, plane, value = planes.pop(0)
+            n = grid.local_shape[a]
+            step = n - 1 if planes and planes[0][0] == a and planes[0][2] == value and n > 1 else None
+            if step is not None:
+                planes.pop(0)
+            index = (slice(None),) * (2 + a) + (slice(plane, plane + 1) if step is None else slice(0, n, step),)
+            self.corrections.append((index, value))
+        self.coefficients: Optional[tuple] = None
+        self.kernel: dict = {}  # by form
 
 
 def laplacian(

@@ -51,8 +51,17 @@ def _assert_block_arrays(A, P):
     for v in A.__dict__.values():
         if isinstance(v, (list, tuple)):
             found += [t for x in v for t in (x if isinstance(x, tuple) else (x,)) if isinstance(t, torch.Tensor)]
+    def tensors(v):  # every tensor in a cached value: the per-grid set-ups, their tuples, lists and dicts
+        if isinstance(v, torch.Tensor):
+            return [v]
+        if isinstance(v, dict):
+            v = list(v.values())
+        elif hasattr(v, "__slots__"):
+            v = [getattr(v, name) for name in v.__slots__]
+        return [t for x in v for t in tensors(x)] if isinstance(v, (tuple, list)) else []
+
     for v in A._local.values():
-        found += [t for t in (v if isinstance(v, (tuple, list)) else (v,)) if isinstance(t, torch.Tensor)]
+        found += tensors(v)
     assert found
     for t in found:
         assert t.numel() <= block, (tuple(t.shape), P.local_shape)

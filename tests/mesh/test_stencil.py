@@ -9,7 +9,7 @@ import pytest
 import scipy.sparse.linalg as spla
 import torch
 
-from deepkrylov.distributed import GridTensor, ProcessGrid
+from deepkrylov.distributed import GridTensor, ProcessGrid, SelfComm, as_grid_tensor
 from deepkrylov.mesh import (
     EMPTY, FLUID, SOLID, BoundaryConditions, Box, DiffusionOperator, Sphere, StructuredGrid, laplacian,
     mask_from_shapes, mask_from_voxels, smoke_scene,
@@ -81,6 +81,37 @@ def test_distributed_apply_equals_serial(ctx, shape, bc, variable, masked):
     if A.singular:
         p = A.project(gt).gather()
         torch.testing.assert_close(p, A.project(x), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("case", ["uniform", "compact", "general", "periodic"])
+def test_plain_tensor_equals_its_one_rank_grid_tensor(case):
+    """A plain tensor in any accepted layout and its one-rank GridTensor view give the same bits through apply,
+    apply_into and project, each result in the kind and shape it came in; the constructions of diagonal and null
+    space give plain tensors for an operator built whole."""
+    shape = (6, 5, 7)
+    bc = {"periodic": "periodic", "compact": "neumann"}.get(case, "dirichlet")
+    A = _operator(shape, bc, masked=case == "compact", variable=case == "general")
+    assert A.form == ("uniform" if case == "periodic" else case)
+    for lead in [(), (3,), (3, 2)]:
+        x = torch.randn(lead + shape, generator=torch.Generator().manual_seed(len(lead)), dtype=torch.float64)
+        g, _ = as_grid_tensor(x, shape)
+        assert g.grid.size == 1 and g.local.shape[2:] == shape
+        y, yg = A.apply(x), A.apply(g)
+        assert type(y) is torch.Tensor and y.shape == x.shape and isinstance(yg, GridTensor)
+        assert torch.equal(yg.local.reshape(x.shape), y)
+        ref = (A.to_scipy() @ x.reshape(-1, A.grid.size).numpy().T).T.reshape(x.shape)
+        np.testing.assert_allclose(y.numpy(), ref, rtol=1e-12, atol=1e-12)
+        out, outg = torch.full_like(x, float("nan")), g.zeros_like()
+        assert A.apply_into(x, out) is out and A.apply_into(g, outg) is outg
+        assert torch.equal(out, y) and torch.equal(outg.local.reshape(x.shape), y)
+        if A.singular:
+            p, pg = A.project(x), A.project(g)
+            assert type(p) is torch.Tensor and p.shape == x.shape
+            assert torch.equal(pg.local.reshape(x.shape), p)
+    assert type(A.diagonal()) is torch.Tensor and A.diagonal().shape == shape
+    if A.singular:
+        v = A.null_space()
+        assert type(v) is torch.Tensor and v.shape == shape and abs(float(v.norm()) - 1.0) < 1e-14
 
 
 def _manufactured(n, dim):
@@ -156,8 +187,12 @@ def test_bad_input():
         BoundaryConditions.uniform(2, "robin")
     with pytest.raises(ValueError, match="positive"):
         DiffusionOperator(grid, coefficient=-torch.ones(4, 4))
-    with pytest.raises(ValueError, match="does not end with the grid's shape"):
+    with pytest.raises(ValueError, match=r"field of shape \(1, 1, 5, 4\) must be \(4, 4\), \(batch, "):
         laplacian(grid).apply(torch.zeros(1, 1, 5, 4))
+    with pytest.raises(ValueError, match=r"field of shape \(2, 1, 1, 4, 4\) must be"):  # at most batch and channels
+        laplacian(grid).apply_into(torch.zeros(2, 1, 1, 4, 4), torch.zeros(2, 1, 1, 4, 4))
+    with pytest.raises(ValueError, match="lives on a grid of shape"):
+        laplacian(grid).apply(GridTensor.zeros(ProcessGrid(SelfComm(), (4, 5)), dtype=torch.float64))
 
 
 def test_compiled_stencil_is_built_where_a_compiler_exists():
