@@ -79,11 +79,11 @@ def stencil_library() -> Optional[ctypes.CDLL]:
     for name in ("stencil7_f64", "stencil7_f32"):
         fn = getattr(so, name)
         fn.restype = None
-        fn.argtypes = [p, p, i64, i64, i64, i64] + [p] * 6 + [dbl] * 4 + [p] * 7 + [p, ctypes.c_int, ctypes.c_int]
+        fn.argtypes = [p, p, i64, i64, i64, i64] + [p] * 6 + [dbl] * 4 + [p] * 7 + [p] + [ctypes.c_int] * 3
     for name in ("stencil7c_f64", "stencil7c_f32"):
         fn = getattr(so, name)
         fn.restype = None
-        fn.argtypes = [p, p, i64, i64, i64, i64] + [p] * 6 + [dbl] * 3 + [p, p, ctypes.c_int, ctypes.c_int]
+        fn.argtypes = [p, p, i64, i64, i64, i64] + [p] * 6 + [dbl] * 3 + [p, p] + [ctypes.c_int] * 3
     return so
 
 
@@ -105,12 +105,14 @@ def _ptr(t: Optional[torch.Tensor]) -> Optional[int]:
 
 
 def stencil7(x: torch.Tensor, out: torch.Tensor, faces: list, uniform: Optional[tuple], coefficients: Optional[list],
-             zero: torch.Tensor, dims: Optional[tuple] = None) -> None:
+             zero: torch.Tensor, dims: Optional[tuple] = None, wrap: int = 0) -> None:
     """``out = A x`` on a contiguous (B, n0, n1, n2) CPU block (see ``_stencil7.c``): ``faces`` six tensors or
     None; ``uniform`` (c, t0, t1, t2) or None with ``coefficients`` [d, w0l, w0h, w1l, w1h, w2l, w2h] of shape
     (n0, n1, n2); ``zero`` a zero tensor of at least n2 entries. All of x's dtype, contiguous. ``dims``: (B, n0,
-    n1, n2) when ``x`` and ``out`` are contiguous tensors of another shape with those elements (no views made). An
-    ``out`` larger than the last-level cache is written with non-temporal stores."""
+    n1, n2) when ``x`` and ``out`` are contiguous tensors of another shape with those elements (no views made);
+    ``wrap``: bit a set where axis a is periodic and whole in the block (its faces are then the block's own
+    opposite planes, read in place; pass None for them). An ``out`` larger than the last-level cache is written
+    with non-temporal stores."""
     so = stencil_library()
     assert so is not None
     fn = so.stencil7_f64 if x.dtype == torch.float64 else so.stencil7_f32
@@ -118,12 +120,12 @@ def stencil7(x: torch.Tensor, out: torch.Tensor, faces: list, uniform: Optional[
     c, t0, t1, t2 = uniform if uniform is not None else (0.0, 0.0, 0.0, 0.0)
     coef = coefficients if coefficients is not None else [None] * 7
     fn(x.data_ptr(), out.data_ptr(), B, n0, n1, n2, *(_ptr(f) for f in faces), c, t0, t1, t2,
-       *(_ptr(w) for w in coef), zero.data_ptr(), torch.get_num_threads(),
+       *(_ptr(w) for w in coef), zero.data_ptr(), wrap, torch.get_num_threads(),
        int(out.numel() * out.element_size() > _llc_bytes()))  # stream stores only where y cannot stay cached
 
 
 def stencil7_compact(x: torch.Tensor, out: torch.Tensor, faces: list, t: tuple, code: torch.Tensor,
-                     zero: torch.Tensor, dims: Optional[tuple] = None) -> None:
+                     zero: torch.Tensor, dims: Optional[tuple] = None, wrap: int = 0) -> None:
     """``out = A x`` for a constant-coefficient operator in compact form (see ``_stencil7.c``): ``t`` the face
     weights (t0, t1, t2), ``code`` the (n0, n1, n2) int16 cell codes (read as uint16); the rest as :func:`stencil7`."""
     so = stencil_library()
@@ -132,7 +134,8 @@ def stencil7_compact(x: torch.Tensor, out: torch.Tensor, faces: list, t: tuple, 
     B, n0, n1, n2 = x.shape if dims is None else dims
     assert code.dtype == torch.int16 and code.is_contiguous() and tuple(code.shape) == (n0, n1, n2)
     fn(x.data_ptr(), out.data_ptr(), B, n0, n1, n2, *(_ptr(f) for f in faces), *(float(v) for v in t),
-       code.data_ptr(), zero.data_ptr(), torch.get_num_threads(), int(out.numel() * out.element_size() > _llc_bytes()))
+       code.data_ptr(), zero.data_ptr(), wrap, torch.get_num_threads(),
+       int(out.numel() * out.element_size() > _llc_bytes()))
 
 
 @functools.lru_cache(maxsize=1)

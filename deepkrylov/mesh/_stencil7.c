@@ -1,8 +1,9 @@
 /* One-pass 7-point stencil y = A x on a (B, n0, n1, n2) block, C order, for deepkrylov.mesh.DiffusionOperator.
  *
- * Neighbours outside the block come from six face arrays (ghost planes received from neighbouring ranks, or the
- * opposite face for a periodic axis on one rank); a NULL face means zero (Dirichlet/eliminated boundary, or a
- * 2D/1D problem embedded with n0 = 1). Faces: axis 0 (B, n1, n2), axis 1 (B, n0, n2), axis 2 (B, n0, n1).
+ * Neighbours outside the block come from six face arrays (ghost planes received from neighbouring ranks); a NULL
+ * face means zero (Dirichlet/eliminated boundary, or a 2D/1D problem embedded with n0 = 1). Faces: axis 0
+ * (B, n1, n2), axis 1 (B, n0, n2), axis 2 (B, n0, n1). Bit a of ``wrap`` set: axis a is periodic and held whole by
+ * this block, whose own opposite plane is read in place of that axis's faces (no copies).
  *
  * Uniform form:  y = c x - t0 (x[i-1] + x[i+1]) - t1 (x[j-1] + x[j+1]) - t2 (x[k-1] + x[k+1])
  * General form:  y = d x - w0l x[i-1] - w0h x[i+1] - w1l x[j-1] - ... with (n0, n1, n2) coefficient arrays.
@@ -59,8 +60,8 @@ void NAME(const T *restrict x, T *restrict y, int64_t B, int64_t n0, int64_t n1,
           const T *f0l, const T *f0h, const T *f1l, const T *f1h, const T *f2l, const T *f2h,                  \
           double c, double t0, double t1, double t2,                                                           \
           const T *restrict d, const T *restrict w0l, const T *restrict w0h, const T *restrict w1l,            \
-          const T *restrict w1h, const T *restrict w2l, const T *restrict w2h, const T *zero, int nthreads,      \
-          int stream)                                                                                          \
+          const T *restrict w1h, const T *restrict w2l, const T *restrict w2h, const T *zero, int wrap,          \
+          int nthreads, int stream)                                                                            \
 {                                                                                                              \
     const int64_t plane = n1 * n2;                                                                             \
     /* tiles of jt rows: planes i-1, i, i+1 of a tile stay in L2 while i advances */                          \
@@ -80,12 +81,16 @@ void NAME(const T *restrict x, T *restrict y, int64_t B, int64_t n0, int64_t n1,
             for (int64_t j = j0; j < j1; ++j) {                                                                \
                 const int64_t row = ((b * n0 + i) * n1 + j) * n2;                                              \
                 const T *xc = x + row;                                                                         \
-                const T *xim = i > 0 ? xc - plane : (f0l ? f0l + (b * n1 + j) * n2 : zero);                    \
-                const T *xip = i < n0 - 1 ? xc + plane : (f0h ? f0h + (b * n1 + j) * n2 : zero);               \
-                const T *xjm = j > 0 ? xc - n2 : (f1l ? f1l + (b * n0 + i) * n2 : zero);                       \
-                const T *xjp = j < n1 - 1 ? xc + n2 : (f1h ? f1h + (b * n0 + i) * n2 : zero);                  \
-                const T km = f2l ? f2l[(b * n0 + i) * n1 + j] : (T)0;                                          \
-                const T kp = f2h ? f2h[(b * n0 + i) * n1 + j] : (T)0;                                          \
+                const T *xim = i > 0 ? xc - plane : (wrap & 1 ? xc + (n0 - 1) * plane                           \
+                                                   : f0l ? f0l + (b * n1 + j) * n2 : zero);                    \
+                const T *xip = i < n0 - 1 ? xc + plane : (wrap & 1 ? xc - (n0 - 1) * plane                      \
+                                                          : f0h ? f0h + (b * n1 + j) * n2 : zero);             \
+                const T *xjm = j > 0 ? xc - n2 : (wrap & 2 ? xc + (n1 - 1) * n2                                 \
+                                                 : f1l ? f1l + (b * n0 + i) * n2 : zero);                      \
+                const T *xjp = j < n1 - 1 ? xc + n2 : (wrap & 2 ? xc - (n1 - 1) * n2                            \
+                                                      : f1h ? f1h + (b * n0 + i) * n2 : zero);                 \
+                const T km = wrap & 4 ? xc[n2 - 1] : f2l ? f2l[(b * n0 + i) * n1 + j] : (T)0;                  \
+                const T kp = wrap & 4 ? xc[0] : f2h ? f2h[(b * n0 + i) * n1 + j] : (T)0;                       \
                 T *const yout = y + row;                                                                       \
                 T *yr = stream ? tmp : yout;                                                                   \
                 if (d == NULL) {                                                                               \
@@ -283,8 +288,8 @@ static inline int64_t compact_vec_f32(const float *restrict xc, const float *res
 #define DEFINE_COMPACT(T, NAME, STREAM_ROW, CELL, SPAN, VEC)                                                     \
 void NAME(const T *restrict x, T *restrict y, int64_t B, int64_t n0, int64_t n1, int64_t n2,                     \
           const T *f0l, const T *f0h, const T *f1l, const T *f1h, const T *f2l, const T *f2h,                  \
-          double t0, double t1, double t2, const uint16_t *restrict code, const T *zero, int nthreads,          \
-          int stream)                                                                                          \
+          double t0, double t1, double t2, const uint16_t *restrict code, const T *zero, int wrap,              \
+          int nthreads, int stream)                                                                            \
 {                                                                                                              \
     const int64_t plane = n1 * n2;                                                                             \
     int64_t jt = (int64_t)(196608 / (3 * n2 * (int64_t)sizeof(T)));                                           \
@@ -303,12 +308,16 @@ void NAME(const T *restrict x, T *restrict y, int64_t B, int64_t n0, int64_t n1,
             for (int64_t j = j0; j < j1; ++j) {                                                                \
                 const int64_t row = ((b * n0 + i) * n1 + j) * n2;                                              \
                 const T *xc = x + row;                                                                         \
-                const T *xim = i > 0 ? xc - plane : (f0l ? f0l + (b * n1 + j) * n2 : zero);                    \
-                const T *xip = i < n0 - 1 ? xc + plane : (f0h ? f0h + (b * n1 + j) * n2 : zero);               \
-                const T *xjm = j > 0 ? xc - n2 : (f1l ? f1l + (b * n0 + i) * n2 : zero);                       \
-                const T *xjp = j < n1 - 1 ? xc + n2 : (f1h ? f1h + (b * n0 + i) * n2 : zero);                  \
-                const T km = f2l ? f2l[(b * n0 + i) * n1 + j] : (T)0;                                          \
-                const T kp = f2h ? f2h[(b * n0 + i) * n1 + j] : (T)0;                                          \
+                const T *xim = i > 0 ? xc - plane : (wrap & 1 ? xc + (n0 - 1) * plane                           \
+                                                   : f0l ? f0l + (b * n1 + j) * n2 : zero);                    \
+                const T *xip = i < n0 - 1 ? xc + plane : (wrap & 1 ? xc - (n0 - 1) * plane                      \
+                                                          : f0h ? f0h + (b * n1 + j) * n2 : zero);             \
+                const T *xjm = j > 0 ? xc - n2 : (wrap & 2 ? xc + (n1 - 1) * n2                                 \
+                                                 : f1l ? f1l + (b * n0 + i) * n2 : zero);                      \
+                const T *xjp = j < n1 - 1 ? xc + n2 : (wrap & 2 ? xc - (n1 - 1) * n2                            \
+                                                      : f1h ? f1h + (b * n0 + i) * n2 : zero);                 \
+                const T km = wrap & 4 ? xc[n2 - 1] : f2l ? f2l[(b * n0 + i) * n1 + j] : (T)0;                  \
+                const T kp = wrap & 4 ? xc[0] : f2h ? f2h[(b * n0 + i) * n1 + j] : (T)0;                       \
                 const uint16_t *cr = code + (i * n1 + j) * n2;                                                 \
                 T *const yout = y + row;                                                                       \
                 T *yr = stream ? tmp : yout;                                                                   \

@@ -447,17 +447,23 @@ class DiffusionOperator(LinearOperator):
 
     def _kernel_args(self, site: "_Site") -> tuple:
         """The compiled pass's arguments for ``site``'s block: the kernel's 3D block shape, the face exchange plan
-        (None: no face to receive), the zero row and the form's weights (uniform: the scalars; compact: the weights
-        and the block's codes; general: the seven arrays); made once per form."""
+        (None: no face to receive), the kernel axes that wrap in place (bits), the zero row and the form's weights
+        (uniform: the scalars; compact: the weights and the block's codes; general: the seven arrays); made once
+        per form."""
         args = site.kernel.get(self.form)
         if args is None:
             nd = self.grid.ndim
             shape3 = (1,) * (3 - nd) + site.grid.local_shape
-            grid, wrap = site.grid, [self.bc.periodic(a) for a in range(nd)]
-            modes = tuple("circular" if w else "zeros" for w in wrap)
-            plan = grid.exchange_plan(1, modes, site.dtype, site.device)
-            if all(grid.neighbour(a, step, wrap[a]) is None for a in range(nd) for step in (-1, 1)):
-                plan = None  # a lone block on non-periodic axes: every face is zero, nothing to exchange
+            grid = site.grid
+            # a periodic axis the block holds whole wraps inside the kernel (its own planes, read in place); the
+            # others get their faces from the neighbours (none at a domain face: zero)
+            whole = [self.bc.periodic(a) and grid.dims[a] == 1 for a in range(nd)]
+            wrap = sum(1 << (a + 3 - nd) for a in range(nd) if whole[a])
+            received = [self.bc.periodic(a) and not whole[a] for a in range(nd)]
+            plan = grid.exchange_plan(1, tuple("circular" if r else "zeros" for r in received), site.dtype,
+                                      site.device)
+            if all(grid.neighbour(a, step, received[a]) is None for a in range(nd) for step in (-1, 1)):
+                plan = None  # no neighbouring block: nothing to exchange
             zero = torch.zeros(shape3[2], dtype=site.dtype)
             if self._uniform is not None:
                 t, c, _ = self._uniform
@@ -470,12 +476,12 @@ class DiffusionOperator(LinearOperator):
                 zeros = torch.zeros(shape3, dtype=site.dtype)
                 form = [diag.reshape(shape3), *([zeros] * (2 * (3 - nd))),
                         *(w.reshape(shape3) for pair in weights for w in pair)]
-            args = site.kernel[self.form] = (shape3, plan, zero, form)
+            args = site.kernel[self.form] = (shape3, plan, wrap, zero, form)
         return args
 
     def _apply_compiled(self, site: "_Site", local: torch.Tensor, y: Optional[torch.Tensor]) -> torch.Tensor:
         """``A x`` of the (B, C, *block) field ``local`` by the compiled pass, into ``y`` (or a new tensor)."""
-        shape3, plan, zero, form = self._kernel_args(site)
+        shape3, plan, wrap, zero, form = self._kernel_args(site)
         local = local.contiguous()
         if y is None:
             y = torch.empty_like(local)
@@ -487,12 +493,12 @@ class DiffusionOperator(LinearOperator):
             for below, above in plan.faces(local):  # contiguous slabs: the memory of the kernel's planes
                 faces += [below, above]
         if self._uniform is not None:
-            _kernels.stencil7(local, y, faces, form, None, zero, dims)
+            _kernels.stencil7(local, y, faces, form, None, zero, dims, wrap)
             self._boundary_correction(site, y, local)
         elif self.form == "compact":
-            _kernels.stencil7_compact(local, y, faces, form[0], form[1], zero, dims)
+            _kernels.stencil7_compact(local, y, faces, form[0], form[1], zero, dims, wrap)
         else:
-            _kernels.stencil7(local, y, faces, None, form, zero, dims)
+            _kernels.stencil7(local, y, faces, None, form, zero, dims, wrap)
         return y
 
     def _boundary_correction(self, site: "_Site", y: torch.Tensor, local: torch.Tensor) -> None:
