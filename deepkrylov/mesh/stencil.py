@@ -108,7 +108,7 @@ class DiffusionOperator(LinearOperator):
         self.block_slices = _block_slices(grid, partition)
         n = grid.size
         self.shape = (n, n)
-        self._local: dict = {}
+        self._local: dict = {}  # per (process grid, dtype, device) of the fields applied to: a _Site
         block = self.block_shape
 
         # this rank's coefficient and mask; the checks reduced over ranks, so every rank raises the same error
