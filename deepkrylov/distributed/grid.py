@@ -174,15 +174,15 @@ class ProcessGrid:
     def block_size(self, axis: int, coord: int) -> int:
         return self.splits[axis][coord]
 
-    @property
+    @functools.cached_property
     def starts(self) -> tuple[int, ...]:
         return tuple(self.offsets[a][c] for a, c in enumerate(self.coords))
 
-    @property
+    @functools.cached_property
     def local_shape(self) -> tuple[int, ...]:
         return tuple(self.splits[a][c] for a, c in enumerate(self.coords))
 
-    @property
+    @functools.cached_property
     def local_slices(self) -> tuple[slice, ...]:
         return tuple(slice(s, s + n) for s, n in zip(self.starts, self.local_shape))
 
