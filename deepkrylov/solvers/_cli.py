@@ -576,12 +576,14 @@ def _cmd_solve(args: argparse.Namespace) -> int:
     for module in ("krylov", "preconditioners", "problems"):  # imported before the memory baseline below
         importlib.import_module(f"{__package__}.{module}")
 
+    _fields_from_mmap()
     ctx = init()
     start_mb = _rss_mb()  # after the imports and MPI start-up: what the problem and the methods add is above it
     try:
         _check_inputs(args)
         model, net = _load_models(args)
         op, bg, grid, what = _load_problem(args, ctx)
+        _return_free_heap()  # the scene's and the assembly's temporaries: give their pages back before the solves
         _check_fit(model, tuple(grid.global_shape), what)
     except (_InputError, ValueError, FileNotFoundError) as err:  # bad input: the same decision on every rank
         if ctx.is_root:
@@ -639,6 +641,34 @@ def _relative_residual(op: Any, x: Any, b: Any) -> float:
     r = op.apply(x)
     r.local.sub_(b.local.reshape(r.local.shape))
     return float(r.norm() / b.norm())
+
+
+def _libc() -> Any:
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    try:
+        return ctypes.CDLL(name) if name else None
+    except OSError:
+        return None
+
+
+def _fields_from_mmap() -> None:
+    """Serve every allocation of 256 KB or more (a field, a block, a temporary) from its own mmap, returned to the OS
+    when freed (glibc ``mallopt(M_MMAP_THRESHOLD)``; a no-op elsewhere). glibc's default raises that threshold
+    after the first large free, and later temporaries then stay resident in the heap after they are freed, so a
+    rank's peak memory would depend on its allocation history rather than on the fields it holds."""
+    libc = _libc()
+    if libc is not None and hasattr(libc, "mallopt"):
+        libc.mallopt(-3, 256 * 1024)  # M_MMAP_THRESHOLD
+
+
+def _return_free_heap() -> None:
+    """Hand freed heap pages back to the OS (glibc ``malloc_trim``; a no-op elsewhere)."""
+    libc = _libc()
+    if libc is not None and hasattr(libc, "malloc_trim"):
+        libc.malloc_trim(0)
 
 
 def _rss_mb() -> float:
