@@ -417,8 +417,7 @@ class MG(PCPlugin):
 
     def _setup(self, pc: Any, P: Any, grid: ProcessGrid) -> None:
         M = self._make(grid, self._DTYPES[self.dtype])
-        # The operator is built whole from the matrix rows gathered on every rank (simple, and cheap next to
-        # PETSc's own set-up at these sizes); the V-cycle itself runs distributed.
+        # Every rank reads its own rows and builds its block of the padded operator (diffusion_operator_from_mat)
         try:
             st = _read_stencil(P, grid, 1e-10)
         except ValueError as err:
@@ -429,15 +428,7 @@ class MG(PCPlugin):
                              ) from err
         found = _embed(st, _multiple_for(st, self.levels, M.coarsest), 1e-10)
         op = found.operator
-        egrid = None
-        if grid.size > 1:  # the DMDA's blocks, the first along an axis grown by the low layer, the last by the rest
-            splits = []
-            for a, s in enumerate(grid.splits):
-                s = list(s)
-                s[0] += found.offset[a]
-                s[-1] += op.grid.shape[a] - grid.global_shape[a] - found.offset[a]
-                splits.append(s)
-            egrid = ProcessGrid(grid.comm, op.grid.shape, dims=grid.dims, splits=splits)
+        egrid = op.partition  # the DMDA's blocks, grown by the padding (None on one rank: the whole grid)
         if op.grid.size > 4096 and any(n % 2 or n // 2 < max(M.coarsest, 2) for n in op.grid.shape):
             raise ValueError(
                 f"the grid {'x'.join(map(str, reversed(op.grid.shape)))} (x first) cannot be halved (an odd size with "
@@ -447,12 +438,10 @@ class MG(PCPlugin):
         self.found, self.inner, self.egrid = found, M, egrid
         self._cycle_grid = egrid if egrid is not None else serial_grid(op.grid.shape)  # the padded blocks' grid
         # local pieces: where this rank's block sits in the padded block, its boundary rows and 1 / diagonal there
-        sl = grid.local_slices
-        self._fluid = (~found.boundary[sl]).to(torch.float64).reshape(-1)
-        self._inv_db = torch.where(found.boundary[sl], 1.0 / found.diagonal[sl], torch.zeros(())).reshape(-1)
+        self._fluid = (~found.boundary).to(torch.float64).reshape(-1)
+        self._inv_db = torch.where(found.boundary, 1.0 / found.diagonal, torch.zeros(())).reshape(-1)
         local_e = egrid.local_shape if egrid is not None else op.grid.shape
-        starts = [found.offset[a] if (egrid is None or egrid.coords[a] == 0) else 0 for a in range(grid.ndim)]
-        self._inner_sl = (0, 0) + tuple(slice(s, s + n) for s, n in zip(starts, grid.local_shape))
+        self._inner_sl = (0, 0) + found.local_region
         self._big = torch.zeros((1, 1) + tuple(local_e), dtype=torch.float64)
         self._zbig = torch.zeros_like(self._big)
         self._w = torch.zeros(self._fluid.numel(), dtype=torch.float64)
@@ -479,7 +468,7 @@ class MG(PCPlugin):
             return f"deepkrylov {self.kind} (not set up)"
         return (f"deepkrylov {self.kind}: {M!r} (z, y, x), set-up {self.setup_time:.3g}s\n"
                 f"operator read from the matrix: weights (z,y,x) {f.weights}, faces {f.faces}, "
-                f"{int(f.boundary.sum())} boundary rows, coupled to them: {f.coupled}")
+                f"{f.boundary_rows} boundary rows, coupled to them: {f.coupled}")
 
     def _apply(self, x: GridTensor, y: GridTensor) -> None:
         r, z = x.local.reshape(-1), y.local.reshape(-1)
