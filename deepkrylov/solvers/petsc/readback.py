@@ -26,6 +26,7 @@ diagonal (cell-centred, zero on the face), ``vertex`` adds ``t`` (the boundary l
 vertex-centred Dirichlet boundary eliminated from the matrix), ``neumann`` adds nothing."""
 _FACE_ADDS = {2: "dirichlet", 1: "vertex", 0: "neumann"}
 _GAMG_HINT = "deepkrylov's multigrid needs such an operator; for other matrices use -pc_type gamg (or hypre)"
+_CHUNK = 1 << 16  # rows read at a time
 
 
 class MatDiffusion:
@@ -159,11 +160,17 @@ def _local_rows(mat: Any, grid: ProcessGrid) -> tuple[np.ndarray, list, list]:
     shape, block, nd = tuple(grid.global_shape), tuple(grid.local_shape), grid.ndim
     ai, aj, av = mat.getValuesCSR()
     rstart = mat.getOwnershipRange()[0]
-    rows = np.repeat(np.arange(nloc, dtype=aj.dtype), np.diff(ai))  # PETSc's index type: int32 unless 64-bit
-    nz = av != 0
-    on_diag = nz & (aj - rstart == rows)  # PETSc numbers this rank's cells rstart.. in the block's order
-    claimed = on_diag | ~nz
-    diag = np.bincount(rows[on_diag], weights=av[on_diag], minlength=nloc)
+    # rows in chunks: the temporaries (row of each entry, matches) stay small next to the CSR itself
+    chunks = []
+    for lo in range(0, nloc, _CHUNK):
+        hi = min(lo + _CHUNK, nloc)
+        chunks.append((slice(int(ai[lo]), int(ai[hi])), np.repeat(np.arange(lo, hi, dtype=aj.dtype), np.diff(ai[lo:hi + 1]))))
+    claimed = av == 0  # zero entries are no links
+    diag = np.zeros(nloc)
+    for e, rows in chunks:  # PETSc numbers this rank's cells rstart.. in the block's order
+        hit = (aj[e] - rstart == rows) & ~claimed[e]
+        claimed[e] |= hit
+        diag += np.bincount(rows[hit], weights=av[e][hit], minlength=nloc)
     coords = _block_coords(grid)
     links = []
     for a in range(nd):
@@ -173,17 +180,18 @@ def _local_rows(mat: Any, grid: ProcessGrid) -> tuple[np.ndarray, list, list]:
             shifted[a] = coords[a] + step
             inside = np.broadcast_to((shifted[a] >= 0) & (shifted[a] < shape[a]), block).reshape(-1)
             nb = np.where(inside, np.broadcast_to(_petsc_index(grid, shifted), block).reshape(-1), -1).astype(aj.dtype)
-            hit = nz & (aj == nb[rows])
-            claimed |= hit
             w = np.zeros(nloc)
-            w[rows[hit]] = av[hit]
+            for e, rows in chunks:
+                hit = (aj[e] == nb[rows]) & ~claimed[e]
+                claimed[e] |= hit
+                w[rows[hit]] = av[e][hit]
             pair.append(w)
         links.append(pair)
     errors = []
     stray = np.flatnonzero(~claimed)
     if stray.size:
         nat = np.ravel_multi_index([np.broadcast_to(c, block).reshape(-1) for c in coords], shape)
-        r, c = nat[rows[stray]], _natural_of_petsc(grid, aj[stray])
+        r, c = nat[np.searchsorted(ai, stray, side="right") - 1], _natural_of_petsc(grid, aj[stray])
         k = np.lexsort((c, r))[0]
         what = f"the PC's matrix on the grid {'x'.join(map(str, reversed(shape)))} (x first)"
         errors.append(((0, int(r[k]), int(c[k])),
@@ -384,7 +392,8 @@ def _embed(st: _Stencil, multiple: int, rtol: float) -> MatDiffusion:
     region = tuple(slice(lo[a] if part is None or part.coords[a] == 0 else 0, None) for a in range(nd))
     region = tuple(slice(r.start, r.start + n) for r, n in zip(region, st.boundary.shape))
     mask = torch.full(eblock, EMPTY, dtype=torch.uint8)
-    mask[region] = torch.where(torch.from_numpy(st.boundary), EMPTY, FLUID).to(torch.uint8)
+    mask[region] = FLUID
+    mask[region].masked_fill_(torch.from_numpy(st.boundary), EMPTY)
     if part is not None:
         mask = GridTensor(mask[None, None], part)
     t = st.t
