@@ -6,7 +6,8 @@ import pytest
 
 from tests.helpers import run_pytest_mpi
 
-FILES = ["tests/solvers/test_krylov.py", "tests/solvers/test_petsc.py", "tests/solvers/test_mesh_solve.py",
+FILES = ["tests/solvers/test_krylov.py", "tests/solvers/test_petsc.py", "tests/solvers/test_petsc_mg.py",
+         "tests/solvers/test_mesh_solve.py",
          "tests/solvers/test_multigrid.py", "tests/solvers/test_learned_multigrid.py"]
 
 

@@ -113,7 +113,8 @@ def test_round_trip_of_a_diffusion_operator(mpi_ctx):
     assert found.offset == (0, 0, 0) and found.operator.grid.shape == shape and not found.coupled
     assert found.faces == (("dirichlet", "neumann"), ("neumann", "neumann"), ("neumann", "dirichlet"))
     np.testing.assert_allclose(found.weights, [1 / h**2 for h in grid_.spacing], rtol=1e-14)
-    assert torch.equal(found.boundary, (mask == EMPTY)[grid.local_slices]) and found.boundary_rows == int((mask == EMPTY).sum())
+    assert torch.equal(found.boundary, (mask == EMPTY)[grid.local_slices])  # this rank's block
+    assert found.boundary_rows == int((mask == EMPTY).sum())
     diff = found.operator.to_scipy() - op.to_scipy()
     assert abs(diff).max() <= 1e-12 * abs(op.to_scipy()).max()
     # the uniform Laplacian (integer weights, cell-centred Dirichlet faces): scaled=False, coefficient 1
@@ -166,6 +167,52 @@ def test_vertex_faces_get_a_layer_of_empty_cells(mpi_ctx):
     assert found.operator.grid.shape == (n + 2,) * 3
     assert abs(op[big.ravel()][:, big.ravel()] - A).max() == 0
     mat.destroy()
+
+
+def _readback_case(case: str) -> tuple[sp.csr_matrix, tuple, int]:
+    """A matrix (natural order), its grid's shape and the padding multiple: a DiffusionOperator with EMPTY cells,
+    mixed faces and unequal weights; ex45's (boundary rows coupled, padded to halve); poisson.c's (vertex faces)."""
+    if case == "operator":
+        shape = (8, 10, 12)
+        mask = torch.full(shape, FLUID, dtype=torch.uint8)
+        mask[5:8, 2:5, 3:9] = EMPTY
+        bc = BoundaryConditions([("dirichlet", "neumann"), "neumann", ("neumann", "dirichlet")])
+        return DiffusionOperator(StructuredGrid(shape, extent=(1.0, 2.0, 1.5)), bc, 1.0, mask).to_scipy(), shape, 1
+    if case == "ex45":
+        return ex45_csr(17, 13, 9)[0], (9, 13, 17), 4
+    off = laplacian((10, 10, 10), "neumann")
+    return (off + sp.diags(6.0 - off.diagonal())).tocsr(), (10, 10, 10), 4
+
+
+@pytest.mark.parametrize("case", ["operator", "ex45", "vertex"])
+def test_read_back_on_blocks_equals_the_whole_operator(mpi_ctx, case):
+    """Every rank reads only its rows and builds its block of the padded operator (partition: the DMDA's blocks,
+    grown by the padding): its stencil, boundary rows and diagonal equal those of the whole operator read back from
+    the same matrix on this rank alone, bit for bit; the global facts are the same on every rank."""
+    A, shape, multiple = _readback_case(case)
+    grid = ProcessGrid(mpi_ctx, shape)
+    mat, smat = _mat(A, grid), _mat(A, ProcessGrid(None, shape))
+    found = P.diffusion_operator_from_mat(mat, grid, multiple=multiple)
+    whole = P.diffusion_operator_from_mat(smat, ProcessGrid(None, shape), multiple=multiple)
+    op, part = found.operator, found.operator.partition
+    assert whole.operator.partition is None and op.grid.shape == whole.operator.grid.shape
+    assert (found.offset, found.faces, found.weights, found.coupled, found.boundary_rows) == \
+        (whole.offset, whole.faces, whole.weights, whole.coupled, whole.boundary_rows)
+    if grid.size == 1:
+        assert part is None
+    else:  # the DMDA's blocks: the first along an axis after the low padding, the last up to the grid's end
+        assert part.dims == grid.dims and op.mask.shape == part.local_shape
+        for a in range(grid.ndim):
+            assert part.offsets[a][1:-1] == tuple(o + found.offset[a] for o in grid.offsets[a][1:-1])
+    diag, weights = op.local_stencil()
+    ref_diag, ref_weights = whole.operator.local_stencil(part)
+    assert torch.equal(diag, ref_diag)
+    for pair, ref in zip(weights, ref_weights):
+        assert all(torch.equal(w, r) for w, r in zip(pair, ref))
+    assert torch.equal(found.boundary, whole.boundary[grid.local_slices])
+    assert torch.equal(found.diagonal, whole.diagonal[grid.local_slices])
+    assert torch.equal(diag[found.local_region][~found.boundary], found.diagonal[~found.boundary])
+    _cleanup(mat, smat)
 
 
 def _broken(kind: str) -> tuple[sp.csr_matrix, str]:

@@ -378,8 +378,9 @@ class MG(PCPlugin):
     hierarchy; a matrix that is not such an operator is a clear error suggesting ``-pc_type gamg``. When unknowns
     couple to diagonal-only boundary rows (PETSc's ex45) the matrix is block lower-triangular and each application
     is exact in the boundary block: ``z_b = r_b / d_b``, then ``z_f = M (r_f - A_fb z_b)``; without such coupling
-    it is plain ``M`` (symmetric, for CG). The V-cycle runs on the DMDA's ranks (the fine level distributed, the
-    coarse ones gathered where blocks stop halving), so 1 and 2 ranks give the same iterations.
+    it is plain ``M`` (symmetric, for CG). Set-up is local: each rank reads its own rows and builds its block of the
+    padded operator (the DMDA's blocks); the V-cycle runs on those blocks (the coarse levels gathered where blocks
+    stop halving), so 1, 2 and 4 ranks give the same iterations.
     """
 
     kind = "multigrid"

@@ -9,6 +9,7 @@ padding)."""
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, Optional
 
@@ -64,14 +65,19 @@ class MatDiffusion:
     @property
     def local_region(self) -> tuple[slice, ...]:
         """This rank's DMDA block inside its block of ``operator``'s grid (the padded block)."""
-        part = self.operator.partition
-        starts = [o if part is None or part.coords[a] == 0 else 0 for a, o in enumerate(self.offset)]
-        return tuple(slice(s, s + n) for s, n in zip(starts, self.grid.local_shape))
+        return _local_region(self.operator.partition, self.offset, self.grid.local_shape)
 
     def __repr__(self) -> str:
         return (f"MatDiffusion(dmda {tuple(reversed(self.grid.global_shape))} -> grid "
                 f"{tuple(reversed(self.operator.grid.shape))} (x first), weights {self.weights}, faces {self.faces}, "
                 f"{self.boundary_rows} boundary rows, coupled={self.coupled})")
+
+
+def _local_region(part: Optional[ProcessGrid], offset: Any, block: tuple) -> tuple[slice, ...]:
+    """Where a DMDA block of shape ``block`` sits in its padded block (``part``: the padded grid's blocks, None for
+    the whole grid): after the low padding ``offset`` on the first block along an axis, at 0 on the others."""
+    starts = [o if part is None or part.coords[a] == 0 else 0 for a, o in enumerate(offset)]
+    return tuple(slice(s, s + n) for s, n in zip(starts, block))
 
 
 def _xyz(index: Any, shape: tuple) -> str:
@@ -98,10 +104,8 @@ def _natural_of_petsc(grid: ProcessGrid, index: np.ndarray) -> np.ndarray:
     """Natural (x-fastest) indices of PETSc (DMDA) global indices: the inverse of :func:`~.layout._petsc_index`,
     by arithmetic on the grid's splits (for the few entries an error message names)."""
     dims = grid.dims
-    counts = np.ones(dims, dtype=np.int64)
-    for a in range(grid.ndim):
-        counts = counts * np.asarray(grid.splits[a], dtype=np.int64).reshape([-1 if b == a else 1 for b in range(grid.ndim)])
-    start = np.concatenate([[0], np.cumsum(counts.reshape(-1))])
+    counts = functools.reduce(np.multiply.outer, [np.asarray(s, dtype=np.int64) for s in grid.splits])
+    start = np.concatenate([[0], np.cumsum(np.reshape(counts, -1))])  # each rank's first index, in rank order
     index = np.asarray(index, dtype=np.int64)
     rank = np.searchsorted(start, index, side="right") - 1
     rest = index - start[rank]
@@ -160,17 +164,22 @@ def _local_rows(mat: Any, grid: ProcessGrid) -> tuple[np.ndarray, list, list]:
     shape, block, nd = tuple(grid.global_shape), tuple(grid.local_shape), grid.ndim
     ai, aj, av = mat.getValuesCSR()
     rstart = mat.getOwnershipRange()[0]
-    # rows in chunks: the temporaries (row of each entry, matches) stay small next to the CSR itself
-    chunks = []
-    for lo in range(0, nloc, _CHUNK):
-        hi = min(lo + _CHUNK, nloc)
-        chunks.append((slice(int(ai[lo]), int(ai[hi])), np.repeat(np.arange(lo, hi, dtype=aj.dtype), np.diff(ai[lo:hi + 1]))))
-    claimed = av == 0  # zero entries are no links
-    diag = np.zeros(nloc)
-    for e, rows in chunks:  # PETSc numbers this rank's cells rstart.. in the block's order
-        hit = (aj[e] - rstart == rows) & ~claimed[e]
-        claimed[e] |= hit
-        diag += np.bincount(rows[hit], weights=av[e][hit], minlength=nloc)
+    claimed = av == 0  # entries read so far; zero entries are no links
+
+    def take(col: np.ndarray) -> np.ndarray:
+        """Per row, the value at PETSc column ``col[row]`` (zero where there is none), rows in chunks so that the
+        temporaries stay small next to the CSR."""
+        w = np.zeros(nloc)
+        for lo in range(0, nloc, _CHUNK):
+            hi = min(lo + _CHUNK, nloc)
+            e = slice(int(ai[lo]), int(ai[hi]))
+            rows = np.repeat(np.arange(lo, hi, dtype=aj.dtype), np.diff(ai[lo:hi + 1]))
+            hit = (aj[e] == col[rows]) & ~claimed[e]
+            claimed[e] |= hit
+            w[rows[hit]] = av[e][hit]  # an assembled AIJ row has each column once
+        return w
+
+    diag = take(np.arange(rstart, rstart + nloc, dtype=aj.dtype))  # this rank's cells, in the block's order
     coords = _block_coords(grid)
     links = []
     for a in range(nd):
@@ -180,12 +189,7 @@ def _local_rows(mat: Any, grid: ProcessGrid) -> tuple[np.ndarray, list, list]:
             shifted[a] = coords[a] + step
             inside = np.broadcast_to((shifted[a] >= 0) & (shifted[a] < shape[a]), block).reshape(-1)
             nb = np.where(inside, np.broadcast_to(_petsc_index(grid, shifted), block).reshape(-1), -1).astype(aj.dtype)
-            w = np.zeros(nloc)
-            for e, rows in chunks:
-                hit = (aj[e] == nb[rows]) & ~claimed[e]
-                claimed[e] |= hit
-                w[rows[hit]] = av[e][hit]
-            pair.append(w)
+            pair.append(take(nb))
         links.append(pair)
     errors = []
     stray = np.flatnonzero(~claimed)
@@ -389,8 +393,7 @@ def _embed(st: _Stencil, multiple: int, rtol: float) -> MatDiffusion:
                              for a in range(nd)])
     part = _padded_grid(st, lo, size)
     eblock = part.local_shape if part is not None else tuple(size)
-    region = tuple(slice(lo[a] if part is None or part.coords[a] == 0 else 0, None) for a in range(nd))
-    region = tuple(slice(r.start, r.start + n) for r, n in zip(region, st.boundary.shape))
+    region = _local_region(part, lo, st.boundary.shape)
     mask = torch.full(eblock, EMPTY, dtype=torch.uint8)
     mask[region] = FLUID
     mask[region].masked_fill_(torch.from_numpy(st.boundary), EMPTY)
@@ -415,7 +418,7 @@ def _embed(st: _Stencil, multiple: int, rtol: float) -> MatDiffusion:
                        f"diffusion operator with its weights, boundary rows and faces {tuple(map(tuple, st.faces))} "
                        f"(z, y, x) gives {ours.reshape(-1)[k]:.17g}; {_GAMG_HINT}"))
     _raise_first(grid, errors)
-    return MatDiffusion(op, grid, tuple(lo), torch.from_numpy(st.boundary.copy()), torch.from_numpy(st.diag.copy()),
+    return MatDiffusion(op, grid, tuple(lo), torch.from_numpy(st.boundary), torch.from_numpy(st.diag),
                         st.boundary_rows, st.coupled, tuple(t), tuple(tuple(f) for f in st.faces))
 
 
