@@ -16,7 +16,7 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-from deepkrylov.distributed import GridTensor, ProcessGrid, halo
+from deepkrylov.distributed import GridTensor, ProcessGrid, as_grid_tensor, halo
 
 from ._core import _sizes
 from .layout import _petsc_index
@@ -405,8 +405,7 @@ def _embed(st: _Stencil, multiple: int, rtol: float) -> MatDiffusion:
     else:  # k = 1 and spacings h_a = 1 / sqrt(t_a): k / h_a^2 = t_a
         extent = [size[a] / math.sqrt(t[a]) for a in range(nd)]
         op = DiffusionOperator(StructuredGrid(size, extent), bc, 1.0, mask, scaled=True, partition=part)
-    ours = op.diagonal()
-    ours = (ours.local if isinstance(ours, GridTensor) else ours).to(torch.float64).reshape(eblock)[region].numpy()
+    ours = as_grid_tensor(op.diagonal(), eblock)[0].local.to(torch.float64).reshape(eblock)[region].numpy()
     err = np.flatnonzero(((np.abs(ours - st.diag) > rtol * np.abs(st.diag)) & ~st.boundary).reshape(-1))
     errors = []
     if err.size:
