@@ -55,6 +55,20 @@ static inline void stream_fence(void)
 #endif
 }
 
+/* The cell's row and its six neighbours along the kernel's axes: in the block, wrapped (a periodic axis the
+   block holds whole), in a received face plane, or zero. */
+#define NEIGHBOURS(T)                                                                                           \
+    const T *xim = i > 0 ? xc - plane : (wrap & 1 ? xc + (n0 - 1) * plane                                       \
+                                       : f0l ? f0l + (b * n1 + j) * n2 : zero);                                 \
+    const T *xip = i < n0 - 1 ? xc + plane : (wrap & 1 ? xc - (n0 - 1) * plane                                  \
+                                              : f0h ? f0h + (b * n1 + j) * n2 : zero);                          \
+    const T *xjm = j > 0 ? xc - n2 : (wrap & 2 ? xc + (n1 - 1) * n2                                             \
+                                     : f1l ? f1l + (b * n0 + i) * n2 : zero);                                   \
+    const T *xjp = j < n1 - 1 ? xc + n2 : (wrap & 2 ? xc - (n1 - 1) * n2                                        \
+                                          : f1h ? f1h + (b * n0 + i) * n2 : zero);                              \
+    const T km = wrap & 4 ? xc[n2 - 1] : f2l ? f2l[(b * n0 + i) * n1 + j] : (T)0;                               \
+    const T kp = wrap & 4 ? xc[0] : f2h ? f2h[(b * n0 + i) * n1 + j] : (T)0;
+
 #define DEFINE_STENCIL(T, NAME, STREAM_ROW)                                                                      \
 void NAME(const T *restrict x, T *restrict y, int64_t B, int64_t n0, int64_t n1, int64_t n2,                     \
           const T *f0l, const T *f0h, const T *f1l, const T *f1h, const T *f2l, const T *f2h,                  \
@@ -81,16 +95,7 @@ void NAME(const T *restrict x, T *restrict y, int64_t B, int64_t n0, int64_t n1,
             for (int64_t j = j0; j < j1; ++j) {                                                                \
                 const int64_t row = ((b * n0 + i) * n1 + j) * n2;                                              \
                 const T *xc = x + row;                                                                         \
-                const T *xim = i > 0 ? xc - plane : (wrap & 1 ? xc + (n0 - 1) * plane                           \
-                                                   : f0l ? f0l + (b * n1 + j) * n2 : zero);                    \
-                const T *xip = i < n0 - 1 ? xc + plane : (wrap & 1 ? xc - (n0 - 1) * plane                      \
-                                                          : f0h ? f0h + (b * n1 + j) * n2 : zero);             \
-                const T *xjm = j > 0 ? xc - n2 : (wrap & 2 ? xc + (n1 - 1) * n2                                 \
-                                                 : f1l ? f1l + (b * n0 + i) * n2 : zero);                      \
-                const T *xjp = j < n1 - 1 ? xc + n2 : (wrap & 2 ? xc - (n1 - 1) * n2                            \
-                                                      : f1h ? f1h + (b * n0 + i) * n2 : zero);                 \
-                const T km = wrap & 4 ? xc[n2 - 1] : f2l ? f2l[(b * n0 + i) * n1 + j] : (T)0;                  \
-                const T kp = wrap & 4 ? xc[0] : f2h ? f2h[(b * n0 + i) * n1 + j] : (T)0;                       \
+                NEIGHBOURS(T)                                                                                   \
                 T *const yout = y + row;                                                                       \
                 T *yr = stream ? tmp : yout;                                                                   \
                 if (d == NULL) {                                                                               \
@@ -308,16 +313,7 @@ void NAME(const T *restrict x, T *restrict y, int64_t B, int64_t n0, int64_t n1,
             for (int64_t j = j0; j < j1; ++j) {                                                                \
                 const int64_t row = ((b * n0 + i) * n1 + j) * n2;                                              \
                 const T *xc = x + row;                                                                         \
-                const T *xim = i > 0 ? xc - plane : (wrap & 1 ? xc + (n0 - 1) * plane                           \
-                                                   : f0l ? f0l + (b * n1 + j) * n2 : zero);                    \
-                const T *xip = i < n0 - 1 ? xc + plane : (wrap & 1 ? xc - (n0 - 1) * plane                      \
-                                                          : f0h ? f0h + (b * n1 + j) * n2 : zero);             \
-                const T *xjm = j > 0 ? xc - n2 : (wrap & 2 ? xc + (n1 - 1) * n2                                 \
-                                                 : f1l ? f1l + (b * n0 + i) * n2 : zero);                      \
-                const T *xjp = j < n1 - 1 ? xc + n2 : (wrap & 2 ? xc - (n1 - 1) * n2                            \
-                                                      : f1h ? f1h + (b * n0 + i) * n2 : zero);                 \
-                const T km = wrap & 4 ? xc[n2 - 1] : f2l ? f2l[(b * n0 + i) * n1 + j] : (T)0;                  \
-                const T kp = wrap & 4 ? xc[0] : f2h ? f2h[(b * n0 + i) * n1 + j] : (T)0;                       \
+                NEIGHBOURS(T)                                                                                   \
                 const uint16_t *cr = code + (i * n1 + j) * n2;                                                 \
                 T *const yout = y + row;                                                                       \
                 T *yr = stream ? tmp : yout;                                                                   \

@@ -17,7 +17,7 @@ from ..result import ConvergedReason, SolveResult
 from ._core import _sizes, _track_petsc_object, import_petsc
 from .layout import _check_grid, _grid_for_vec, _lift, create_dmda
 from .mat import PetscMatOperator, as_petsc_mat, assemble_aij, set_constant_null_space, set_null_space
-from .vec import _through_petsc, from_petsc_vec, to_petsc_vec
+from .vec import _each_sample, _through_petsc, from_petsc_vec, to_petsc_vec
 
 PC_TYPES = ("none", "jacobi", "icc", "gamg", "hypre", "sor", "bjacobi", "lu", "cholesky")
 """The PC types of :func:`petsc_solve`."""
@@ -304,13 +304,7 @@ class PetscPC(Preconditioner):
         if self.pc is None:
             self._build(g.grid if g.grid.size > 1 else self._one_rank_grid())
         _check_grid(g, self.grid, "r", "this PetscPC was set up on")
-        local = g.local
-        if local.shape[:2] != (1, 1):  # a batch or several channels: one PCApply each
-            out = torch.cat([self._apply_local(local[i:i + 1, c:c + 1]) for i in range(local.shape[0])
-                             for c in range(local.shape[1])]).reshape(local.shape)
-        else:
-            out = self._apply_local(local)
-        return restore(g.with_local(out))
+        return restore(g.with_local(_each_sample(self._apply_local, g.local)))  # one PCApply per sample and channel
 
     def _apply_local(self, local: torch.Tensor) -> torch.Tensor:
         xv, yv = self._work

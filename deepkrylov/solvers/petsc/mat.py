@@ -13,7 +13,7 @@ from deepkrylov.distributed import GridTensor, ProcessGrid
 from ..matrix import LinearOperator
 from ._core import _sizes, _track_petsc_object, import_petsc, petsc_comm
 from .layout import _check_grid, _grid_for_vec, _lift, _local_natural_rows, _petsc_index, _same_cells
-from .vec import _through_petsc, from_petsc_vec, to_petsc_vec
+from .vec import _each_sample, _through_petsc, from_petsc_vec, to_petsc_vec
 
 
 def assemble_aij(A: Any, grid: ProcessGrid) -> Any:
@@ -221,13 +221,7 @@ class PetscMatOperator(LinearOperator):
         of cells), or a plain tensor on one rank (each sample ``(n,)`` or laid out on the grid)."""
         g, restore = _lift(x, self.grid)
         _check_grid(g, self.grid, "x", "the operator lives on")
-        local = g.local
-        if local.shape[:2] != (1, 1):  # a batch or several channels: one MatMult each
-            out = torch.cat([self._mult(local[i:i + 1, c:c + 1]) for i in range(local.shape[0])
-                             for c in range(local.shape[1])]).reshape(local.shape)
-        else:
-            out = self._mult(local)
-        return restore(g.with_local(out))
+        return restore(g.with_local(_each_sample(self._mult, g.local)))  # one MatMult per sample and channel
 
     def _mult(self, local: torch.Tensor) -> torch.Tensor:
         return _through_petsc(self.mat.mult, self._x, self._y, local)

@@ -14,6 +14,14 @@ from ._core import _sizes, _zero_copy_ok, import_petsc, petsc_comm
 from .layout import _grid_for_vec
 
 
+def _each_sample(fn: Any, local: torch.Tensor) -> torch.Tensor:
+    """``fn`` (one PETSc call on a ``(1, 1, *block)`` block) on every sample and channel of ``local``."""
+    if local.shape[:2] == (1, 1):
+        return fn(local)
+    return torch.cat([fn(local[i:i + 1, c:c + 1]) for i in range(local.shape[0])
+                      for c in range(local.shape[1])]).reshape(local.shape)
+
+
 def _through_petsc(op: Any, xvec: Any, yvec: Any, local: torch.Tensor) -> torch.Tensor:
     """``op(xvec, yvec)`` with the work vectors lent ``local`` (zero-copy where possible) and a fresh result
     buffer; returns the result in ``local``'s dtype and device."""
