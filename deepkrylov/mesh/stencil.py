@@ -299,21 +299,31 @@ class DiffusionOperator(LinearOperator):
 
     def _stencil64(self) -> tuple[torch.Tensor, list]:
         """The block's float64 diagonal and per-axis (lower, upper) face weights, derived from the codes for a
-        constant ``k``: diagonal ``(m0 t0 + m1 t1) + m2 t2`` in the kernel's order, weights ``t_a`` on links."""
-        if self._diag64 is not None:
+        constant ``k``: weights ``t_a`` on links (see :meth:`_diagonal64` for the diagonal)."""
+        if self._weights64 is not None:
             return self._diag64, self._weights64
         code = self._compact_code().to(torch.int32)
         nd, off = self.grid.ndim, 3 - self.grid.ndim
-        diag = torch.zeros(self.block_shape, dtype=torch.float64)
         weights = []
         for a in range(nd):
             b = a + off
-            diag = diag + ((code >> (6 + 3 * b)) & 7).to(torch.float64) * self._t[a]
             weights.append(tuple(torch.where(((code >> (2 * b + side)) & 1).bool(),
                                              torch.tensor(self._t[a], dtype=torch.float64),
                                              torch.tensor(0.0, dtype=torch.float64)) for side in (0, 1)))
-        diag = torch.where(self.fluid, diag, torch.ones_like(diag))
-        return diag, weights
+        return self._diagonal64(), weights
+
+    def _diagonal64(self) -> torch.Tensor:
+        """The block's float64 diagonal; for a constant ``k`` from the codes alone, ``(m0 t0 + m1 t1) + m2 t2`` in
+        the kernel's order, without building the face weights (a few bytes a cell of temporaries)."""
+        if self._diag64 is not None:
+            return self._diag64
+        code = self._compact_code()
+        nd, off = self.grid.ndim, 3 - self.grid.ndim
+        diag = torch.zeros(self.block_shape, dtype=torch.float64)
+        for a in range(nd):
+            m = (code.to(torch.int32) >> (6 + 3 * (a + off))) & 7
+            diag.add_(m.to(torch.float64).mul_(self._t[a]))  # the product rounded, then the sum: as the kernel does
+        return diag.masked_fill_(~self.fluid, 1.0)
 
     def local_stencil(self, grid: Optional[ProcessGrid] = None) -> tuple[torch.Tensor, list]:
         """This rank's rows as float64 arrays of the block's shape: ``(diag, [(lower, upper) per axis])`` in tensor
@@ -510,7 +520,7 @@ class DiffusionOperator(LinearOperator):
         """The diagonal in the operator's dtype: a tensor of the grid's shape, or with a partition a GridTensor
         ``(1, 1, *block)`` on it."""
         if self._diag is None:
-            self._diag = self._stencil64()[0].to(dtype=self.dtype, device=self.device)
+            self._diag = self._diagonal64().to(dtype=self.dtype, device=self.device)
         return self._public(self._block_field(self._diag))
 
     def _block_field(self, block: torch.Tensor) -> GridTensor:
