@@ -12,6 +12,16 @@ import torch
 from deepkrylov.distributed import GridTensor, as_grid_tensor
 
 
+def layout_of(x: Any, shape: Any) -> Optional[tuple[int, ...]]:
+    """``shape`` when ``x`` is a plain tensor laid out on it (``shape``, ``(batch, *shape)`` or
+    ``(batch, channels, *shape)``), else None."""
+    if not isinstance(x, torch.Tensor) or shape is None:
+        return None
+    shape = tuple(shape)
+    nd = len(shape)
+    return shape if nd <= x.dim() <= nd + 2 and tuple(x.shape[x.dim() - nd:]) == shape else None
+
+
 def spatial_of(A: Any, b: Any) -> Optional[tuple[int, ...]]:
     """The grid shape a plain ``b`` is laid out on: the operator's mesh grid when ``b`` ends with it; else the
     spatial axes of a ``(batch, channels, *spatial)`` field; else None (each sample flattened, as a matrix sees
@@ -20,10 +30,8 @@ def spatial_of(A: Any, b: Any) -> Optional[tuple[int, ...]]:
         return None
     grid = getattr(A, "grid", None)
     shape = getattr(grid, "shape", None)
-    if isinstance(shape, tuple) and hasattr(grid, "ndim"):
-        if tuple(b.shape[b.dim() - len(shape):]) == shape and len(shape) <= b.dim() <= len(shape) + 2:
-            return shape
-    return tuple(b.shape[2:]) if 3 <= b.dim() <= 5 else None
+    mesh = layout_of(b, shape) if isinstance(shape, tuple) and hasattr(grid, "ndim") else None
+    return mesh or (tuple(b.shape[2:]) if 3 <= b.dim() <= 5 else None)
 
 
 class _Adapted:

@@ -460,7 +460,7 @@ class Multigrid(Preconditioner):
             if not _same_blocks(r.grid, P):
                 raise ValueError(f"the field's blocks ({r.grid!r}) are not those of the operator's partition ({P!r})"
                                  + ("; apply the multigrid to GridTensors on its partition" if P.size > 1 else ""))
-        elif r.grid is not self._grid and (r.grid.size > 1 or self._grid.size > 1) and r.grid != self._grid:
+        elif (r.grid.size > 1 or self._grid.size > 1) and r.grid != self._grid:  # any one-rank grid runs whole
             self._build(r.grid)
         self._top(r.local, out.local)
         return out

@@ -15,6 +15,8 @@ import torch
 
 from deepkrylov.distributed import GridTensor, as_grid_tensor
 
+from ._lift import layout_of
+
 __all__ = ["Preconditioner", "Identity", "Jacobi", "CallablePreconditioner", "as_preconditioner"]
 
 
@@ -134,8 +136,7 @@ class Jacobi(Preconditioner):
 
     def _spatial(self, r: Any) -> Optional[tuple]:
         """The grid shape a plain ``r`` is read on: the diagonal's when ``r`` ends with it."""
-        shape = None if self.inv_diag is None else self.inv_diag.grid.global_shape
-        return shape if shape is not None and tuple(r.shape[-len(shape):]) == shape else None
+        return None if self.inv_diag is None else layout_of(r, self.inv_diag.grid.global_shape)
 
     def _inv_for(self, r: GridTensor) -> torch.Tensor:
         """``1/diag`` for ``r``'s block, shaped to broadcast against it, in its dtype and device; cached."""

@@ -7,10 +7,10 @@ from __future__ import annotations
 from typing import Any, Optional
 
 import numpy as np
-import torch
 
 from deepkrylov.distributed import GridTensor, ProcessGrid, as_grid_tensor
 
+from .._lift import layout_of
 from ._core import _libpetsc_path, _sizes, import_petsc, petsc_comm
 
 
@@ -111,10 +111,7 @@ def _check_grid(x: GridTensor, grid: ProcessGrid, name: str, owner: str) -> None
 def _lift(x: Any, grid: ProcessGrid) -> tuple[GridTensor, Any]:
     """:func:`~deepkrylov.distributed.as_grid_tensor` for PETSc's objects: a plain tensor laid out on ``grid``'s
     shape (``(batch, channels, *shape)``) keeps its samples and channels, any other is flattened per sample."""
-    spatial = tuple(grid.global_shape)
-    fits = (isinstance(x, torch.Tensor) and len(spatial) <= x.dim() <= len(spatial) + 2
-            and tuple(x.shape[x.dim() - len(spatial):]) == spatial)
-    return as_grid_tensor(x, spatial if fits else None)
+    return as_grid_tensor(x, layout_of(x, grid.global_shape))
 
 
 GRID_OPTION = "deepkrylov_grid"

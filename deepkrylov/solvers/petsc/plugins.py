@@ -436,14 +436,13 @@ class MG(PCPlugin):
                 "unknowns on its high face): one level would be a direct solve; use an even DMDA size or "
                 "-pc_type gamg")
         M.setup(op, egrid)
-        self.found, self.inner, self.egrid = found, M, egrid
+        self.found, self.inner = found, M
         self._cycle_grid = egrid if egrid is not None else serial_grid(op.grid.shape)  # the padded blocks' grid
         # local pieces: where this rank's block sits in the padded block, its boundary rows and 1 / diagonal there
         self._fluid = (~found.boundary).to(torch.float64).reshape(-1)
         self._inv_db = torch.where(found.boundary, 1.0 / found.diagonal, torch.zeros(())).reshape(-1)
-        local_e = egrid.local_shape if egrid is not None else op.grid.shape
         self._inner_sl = (0, 0) + found.local_region
-        self._big = torch.zeros((1, 1) + tuple(local_e), dtype=torch.float64)
+        self._big = torch.zeros((1, 1) + self._cycle_grid.local_shape, dtype=torch.float64)
         self._zbig = torch.zeros_like(self._big)
         self._w = torch.zeros(self._fluid.numel(), dtype=torch.float64)
         self._free_work()
